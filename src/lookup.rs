@@ -1,0 +1,98 @@
+//! Cluster objects that policies read through their `lookups` block.
+//!
+//! An [`ObjectSource`] serves them: from files given with `--context`, or
+//! from a watch cache of the live cluster with live reads behind it.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// One object to get.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    /// `None` for a cluster-scoped kind.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// The objects of a kind to list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListRef {
+    pub api_version: String,
+    pub kind: String,
+    /// `None` lists across all namespaces, or a cluster-scoped kind.
+    pub namespace: Option<String>,
+    /// A label selector in the API's string form (`a=b,c in (d,e),!f`).
+    pub label_selector: Option<String>,
+}
+
+/// Whether an answer may come from a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// A cache may answer; a cache miss is read live.
+    Cached,
+    /// Read the source of truth now.
+    Live,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Cache,
+    Live,
+}
+
+/// An answer and where it came from.
+#[derive(Debug, Clone)]
+pub struct Fetched<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+/// A kind that the loaded policies look up, so a cluster source watches it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WatchRequirement {
+    pub api_version: String,
+    pub kind: String,
+    /// Narrows the watch when every lookup of the kind declares the same one.
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error("the Kubernetes API server could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the Kubernetes API server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the Kubernetes API server answered {code}: {message}")]
+    Api { code: u16, message: String },
+    #[error("kind {kind} of apiVersion {api_version} is not served by this lookup source")]
+    UnknownKind { api_version: String, kind: String },
+}
+
+/// A source of cluster objects for lookups.
+#[async_trait::async_trait]
+pub trait ObjectSource: Send + Sync + 'static {
+    /// Gets one object; `Ok(None)` when it does not exist.
+    async fn get(
+        &self,
+        target: &ObjectRef,
+        freshness: Freshness,
+    ) -> Result<Fetched<Option<Arc<Value>>>, LookupError>;
+
+    /// Lists objects, in no particular order.
+    async fn list(
+        &self,
+        target: &ListRef,
+        freshness: Freshness,
+    ) -> Result<Fetched<Vec<Arc<Value>>>, LookupError>;
+
+    /// `Ok` once the source can answer; otherwise the reason.
+    fn ready(&self) -> Result<(), String>;
+
+    /// A short description for the startup log, such as `files: ctx/`.
+    fn describe(&self) -> String;
+}
