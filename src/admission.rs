@@ -36,3 +36,237 @@ pub struct RequestError {
     pub status: u16,
     pub message: String,
 }
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::{DynamicObject, Status, TypeMeta};
+use serde_json::Value;
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+const KIND: &str = "AdmissionReview";
+
+/// A parsed AdmissionReview request.
+///
+/// The typed header comes from kube-core's admission types. `object` and
+/// `old_object` stay as parsed JSON, because CEL reads them in place and a
+/// mutation patches the raw JSON: a typed round trip would drop fields the
+/// types do not know.
+#[derive(Debug)]
+pub struct Review {
+    /// The typed request, without `object` and `oldObject`.
+    pub header: AdmissionRequest<DynamicObject>,
+    /// The request as JSON, without `object` and `oldObject`: CEL's `request`.
+    pub request: Value,
+    /// The object being admitted; `Value::Null` on DELETE and CONNECT.
+    pub object: Value,
+    /// The existing object on UPDATE and DELETE; otherwise `Value::Null`.
+    pub old_object: Value,
+}
+
+impl RequestError {
+    fn bad_request(message: impl Into<String>) -> RequestError {
+        RequestError {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+impl Review {
+    /// Parses an AdmissionReview request body.
+    pub fn parse(body: &[u8]) -> Result<Review, RequestError> {
+        let mut envelope: Value = serde_json::from_slice(body).map_err(|error| {
+            RequestError::bad_request(format!(
+                "request body is not valid JSON ({error}); send an AdmissionReview of apiVersion {API_VERSION}"
+            ))
+        })?;
+        let Some(fields) = envelope.as_object_mut() else {
+            return Err(RequestError::bad_request(format!(
+                "request body is JSON {}, not an object; send an AdmissionReview of apiVersion {API_VERSION}",
+                json_type(&envelope)
+            )));
+        };
+        check_type_field(fields.get("apiVersion"), "apiVersion", API_VERSION)?;
+        check_type_field(fields.get("kind"), "kind", KIND)?;
+        let mut request = match fields.remove("request") {
+            Some(request @ Value::Object(_)) => request,
+            Some(Value::Null) | None => {
+                return Err(RequestError::bad_request(
+                    "AdmissionReview has no request; the API server always sends one, so check what posted this body",
+                ))
+            }
+            Some(other) => {
+                return Err(RequestError::bad_request(format!(
+                    "AdmissionReview request is JSON {}, not an object",
+                    json_type(&other)
+                )))
+            }
+        };
+        let object = take_object(&mut request, "object")?;
+        let old_object = take_object(&mut request, "oldObject")?;
+        let mut header = AdmissionRequest::<DynamicObject>::deserialize(&request).map_err(|error| {
+            RequestError::bad_request(format!("AdmissionReview request is invalid: {error}"))
+        })?;
+        if header.uid.is_empty() {
+            return Err(RequestError::bad_request(
+                "AdmissionReview request has an empty uid; the response must echo it",
+            ));
+        }
+        header.types = TypeMeta {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+        };
+        Ok(Review {
+            header,
+            request,
+            object,
+            old_object,
+        })
+    }
+
+    pub fn uid(&self) -> &str {
+        &self.header.uid
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.header.kind.kind
+    }
+
+    pub fn operation(&self) -> &'static str {
+        operation_name(&self.header.operation)
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.header.namespace.as_deref()
+    }
+
+    /// The object's name, else its `generateName` followed by `*`, else `-`.
+    pub fn display_name(&self) -> String {
+        if !self.header.name.is_empty() {
+            return self.header.name.clone();
+        }
+        let generate_name = self
+            .object
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str);
+        match generate_name {
+            Some(prefix) => format!("{prefix}*"),
+            None => "-".to_owned(),
+        }
+    }
+}
+
+use serde::Deserialize;
+
+pub fn operation_name(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+fn check_type_field(found: Option<&Value>, field: &str, expected: &str) -> Result<(), RequestError> {
+    match found {
+        Some(Value::String(value)) if value == expected => Ok(()),
+        Some(Value::String(value)) => Err(RequestError::bad_request(format!(
+            "AdmissionReview {field} {value:?} is not supported; expected {expected:?} (register the webhook with admissionReviewVersions: [v1])"
+        ))),
+        Some(other) => Err(RequestError::bad_request(format!(
+            "AdmissionReview {field} is JSON {}; expected the string {expected:?}",
+            json_type(other)
+        ))),
+        None => Err(RequestError::bad_request(format!(
+            "AdmissionReview has no {field}; expected {expected:?}"
+        ))),
+    }
+}
+
+fn take_object(request: &mut Value, field: &str) -> Result<Value, RequestError> {
+    let taken = request
+        .as_object_mut()
+        .and_then(|fields| fields.remove(field))
+        .unwrap_or(Value::Null);
+    match taken {
+        Value::Object(_) | Value::Null => Ok(taken),
+        other => Err(RequestError::bad_request(format!(
+            "AdmissionReview request.{field} is JSON {}, not an object",
+            json_type(&other)
+        ))),
+    }
+}
+
+pub(crate) fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The answer to one review, before it is encoded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verdict {
+    /// `Some(message)` denies with 403 Forbidden.
+    pub denial: Option<Denial>,
+    pub warnings: Vec<String>,
+    pub audit_annotations: Vec<(String, String)>,
+    /// JSON Patch operations against the request's object.
+    pub patch: Vec<json_patch::PatchOperation>,
+}
+
+/// Why a review is denied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denial {
+    pub message: String,
+    /// The Status reason, `Forbidden` unless a policy names another.
+    pub reason: String,
+    /// HTTP code in the Status, 403 unless a policy's reason maps elsewhere.
+    pub code: u16,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        self.denial.is_none()
+    }
+
+    /// Builds the AdmissionResponse for `review`.
+    pub fn into_response(self, review: &Review) -> AdmissionResponse {
+        let mut response = AdmissionResponse::from(&review.header);
+        if let Some(denial) = self.denial {
+            response.allowed = false;
+            response.result = Status::failure(&denial.message, &denial.reason).with_code(denial.code);
+        } else if !self.patch.is_empty() {
+            match response
+                .clone()
+                .with_patch(json_patch::Patch(self.patch))
+            {
+                Ok(patched) => response = patched,
+                Err(error) => {
+                    // Serialising a patch of JSON values cannot fail, but if it
+                    // did, an unpatched allow would skip a required mutation.
+                    response.allowed = false;
+                    response.result = Status::failure(
+                        &format!("genesis-gate could not encode its patch: {error}"),
+                        "InternalError",
+                    )
+                    .with_code(500);
+                }
+            }
+        }
+        if !self.warnings.is_empty() {
+            response.warnings = Some(self.warnings);
+        }
+        response.audit_annotations = self.audit_annotations.into_iter().collect();
+        response
+    }
+}
+
+/// Encodes a response as an AdmissionReview body.
+pub fn encode(response: AdmissionResponse) -> Vec<u8> {
+    // An AdmissionReview of strings, numbers and bytes always serialises.
+    serde_json::to_vec(&response.into_review()).unwrap_or_default()
+}

@@ -1,1 +1,299 @@
-//! TODO
+//! The policy engine: runs the loaded policies on a parsed review and
+//! decides the answer.
+
+mod evaluate;
+mod matching;
+mod patch;
+mod trace;
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+pub use evaluate::{Effects, Failure, Outcome};
+pub use trace::{LookupTrace, NamedResult, PolicyTrace};
+
+use crate::admission::{self, Denial, Endpoint, RequestError, Review, Verdict};
+use crate::lookup::{Freshness, ObjectSource};
+use crate::metrics::{Metrics, ReviewLabels};
+use crate::policy::{CompiledPolicy, FailurePolicy, PolicyKind, PolicySet, ReinvocationPolicy};
+
+/// Runs policies against reviews. The policy set can be swapped while
+/// requests are in flight: each request keeps the set it started with.
+pub struct Engine {
+    policies: RwLock<Arc<PolicySet>>,
+    source: Arc<dyn ObjectSource>,
+    metrics: Arc<Metrics>,
+}
+
+/// The answer to a review, with the per-policy traces when requested.
+#[derive(Debug)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub traces: Vec<PolicyTrace>,
+    /// The object after the patch, for mutating reviews that patched it.
+    pub patched: Option<Value>,
+}
+
+impl Engine {
+    pub fn new(policies: PolicySet, source: Arc<dyn ObjectSource>, metrics: Arc<Metrics>) -> Engine {
+        metrics.set_policies_loaded(policies.len());
+        Engine {
+            policies: RwLock::new(Arc::new(policies)),
+            source,
+            metrics,
+        }
+    }
+
+    /// Like [`Engine::new`], sharing a policy set that is already loaded.
+    pub fn new_shared(policies: Arc<PolicySet>, source: Arc<dyn ObjectSource>, metrics: Arc<Metrics>) -> Engine {
+        metrics.set_policies_loaded(policies.len());
+        Engine {
+            policies: RwLock::new(policies),
+            source,
+            metrics,
+        }
+    }
+
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the policy set; requests already running finish on the old one.
+    pub fn replace_policies(&self, policies: PolicySet) {
+        self.metrics.set_policies_loaded(policies.len());
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policies);
+    }
+
+    pub fn source(&self) -> &Arc<dyn ObjectSource> {
+        &self.source
+    }
+
+    /// Decides `review` as the webhook at `endpoint` would.
+    pub async fn decide(&self, endpoint: Endpoint, review: &Review, explain: bool) -> Decision {
+        let policies = self.policies();
+        let kind = match endpoint {
+            Endpoint::Validate => PolicyKind::ValidatingPolicy,
+            Endpoint::Mutate => PolicyKind::MutatingPolicy,
+        };
+        let selected: Vec<&Arc<CompiledPolicy>> =
+            policies.policies().iter().filter(|p| p.kind == kind).collect();
+        let mut decision = Decision {
+            verdict: Verdict::default(),
+            traces: Vec::new(),
+            patched: None,
+        };
+        let mut object = review.object.clone();
+        let mut changed_by: Vec<usize> = Vec::new();
+        for (index, policy) in selected.iter().enumerate() {
+            if self
+                .run_policy(policy, review, &mut object, explain, &mut decision)
+                .await
+            {
+                changed_by.push(index);
+            }
+        }
+        // Policies that asked for reinvocation see the changes that policies
+        // after them made, once, as MutatingAdmissionPolicy does.
+        if !changed_by.is_empty() && decision.verdict.denial.is_none() {
+            let last_change = *changed_by.last().unwrap_or(&0);
+            for policy in selected
+                .iter()
+                .take(last_change)
+                .filter(|p| p.reinvocation_policy == ReinvocationPolicy::IfNeeded)
+            {
+                self.run_policy(policy, review, &mut object, explain, &mut decision)
+                    .await;
+            }
+        }
+        if !decision.verdict.patch.is_empty() {
+            decision.patched = Some(object);
+        }
+        if decision.verdict.denial.is_some() {
+            // A denied request is not patched.
+            decision.verdict.patch.clear();
+            decision.patched = None;
+        }
+        decision
+    }
+
+    /// Runs one policy and merges its effects; returns whether it patched.
+    async fn run_policy(
+        &self,
+        policy: &CompiledPolicy,
+        review: &Review,
+        object: &mut Value,
+        explain: bool,
+        decision: &mut Decision,
+    ) -> bool {
+        let mut trace = explain.then(|| PolicyTrace {
+            policy: policy.name.clone(),
+            ..PolicyTrace::default()
+        });
+        let source = self.source.as_ref();
+        let (mut outcome, used_cache) =
+            evaluate::evaluate(policy, review, object, source, Freshness::Cached, &mut trace).await;
+        let denied = matches!(&outcome, Outcome::Applied(e) if e.denial.is_some())
+            || matches!(outcome, Outcome::Failed(_));
+        if denied && used_cache {
+            // A deny that rests on cached objects is checked against the
+            // API server first, so a cache that lags never keeps a pod out
+            // longer than the watch delay, and never lets one in.
+            let mut live_trace = explain.then(|| PolicyTrace {
+                policy: policy.name.clone(),
+                confirmed_live: true,
+                ..PolicyTrace::default()
+            });
+            let (live, _) =
+                evaluate::evaluate(policy, review, object, source, Freshness::Live, &mut live_trace).await;
+            outcome = live;
+            trace = live_trace;
+        }
+        if let Some(trace) = trace {
+            decision.traces.push(trace);
+        }
+        self.merge(policy, review, outcome, object, &mut decision.verdict)
+    }
+
+    fn merge(
+        &self,
+        policy: &CompiledPolicy,
+        review: &Review,
+        outcome: Outcome,
+        object: &mut Value,
+        verdict: &mut Verdict,
+    ) -> bool {
+        match outcome {
+            Outcome::NotMatched => false,
+            Outcome::Applied(effects) => {
+                let label = if effects.denial.is_some() {
+                    "deny"
+                } else if !effects.patch.is_empty() {
+                    "patch"
+                } else if !effects.warnings.is_empty() {
+                    "warn"
+                } else {
+                    "allow"
+                };
+                self.metrics.record_policy(&policy.name, label);
+                if verdict.denial.is_none() {
+                    verdict.denial = effects.denial;
+                }
+                verdict.warnings.extend(effects.warnings);
+                verdict.audit_annotations.extend(effects.audit_annotations);
+                let patched = !effects.patch.is_empty();
+                verdict.patch.extend(effects.patch);
+                if let Some(patched_object) = effects.patched {
+                    *object = patched_object;
+                }
+                patched
+            }
+            Outcome::Failed(failure) => {
+                self.metrics.record_policy(&policy.name, "error");
+                tracing::warn!(
+                    uid = review.uid(),
+                    kind = review.kind(),
+                    namespace = review.namespace().unwrap_or(""),
+                    name = %review.display_name(),
+                    policy = %policy.name,
+                    failure_policy = ?policy.failure_policy,
+                    error = %failure,
+                    "policy evaluation failed"
+                );
+                if policy.failure_policy == FailurePolicy::Fail && verdict.denial.is_none() {
+                    verdict.denial = Some(Denial {
+                        message: failure_message(policy, review, &failure),
+                        reason: "Forbidden".to_owned(),
+                        code: 403,
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    /// Parses, decides and encodes one AdmissionReview body.
+    pub async fn review_body(&self, endpoint: Endpoint, body: &[u8]) -> Result<Vec<u8>, RequestError> {
+        let started = Instant::now();
+        let review = match Review::parse(body) {
+            Ok(review) => review,
+            Err(error) => {
+                tracing::warn!(endpoint = %endpoint, status = error.status, error = %error.message, "rejected admission request body");
+                return Err(error);
+            }
+        };
+        let decision = self.decide(endpoint, &review, false).await;
+        let verdict = decision.verdict;
+        let label = if !verdict.allowed() {
+            "deny"
+        } else if !verdict.patch.is_empty() {
+            "patch"
+        } else if !verdict.warnings.is_empty() {
+            "warn"
+        } else {
+            "allow"
+        };
+        let latency = started.elapsed();
+        let message = verdict.denial.as_ref().map(|d| d.message.as_str()).unwrap_or("");
+        if verdict.allowed() {
+            tracing::debug!(
+                uid = review.uid(), endpoint = %endpoint, kind = review.kind(),
+                namespace = review.namespace().unwrap_or(""), name = %review.display_name(),
+                operation = review.operation(), dry_run = review.header.dry_run,
+                decision = label, latency_us = latency.as_micros() as u64,
+                "admission decided"
+            );
+        } else {
+            tracing::info!(
+                uid = review.uid(), endpoint = %endpoint, kind = review.kind(),
+                namespace = review.namespace().unwrap_or(""), name = %review.display_name(),
+                operation = review.operation(), dry_run = review.header.dry_run,
+                decision = label, latency_us = latency.as_micros() as u64, message,
+                "admission denied"
+            );
+        }
+        self.metrics.record_review(
+            ReviewLabels {
+                endpoint: endpoint.as_str().to_owned(),
+                kind: review.kind().to_owned(),
+                operation: review.operation().to_owned(),
+                decision: label.to_owned(),
+            },
+            latency,
+        );
+        Ok(admission::encode(verdict.into_response(&review)))
+    }
+}
+
+/// The deny message when a policy that fails closed could not be evaluated.
+fn failure_message(policy: &CompiledPolicy, review: &Review, failure: &Failure) -> String {
+    let subject = format!(
+        "{} {}/{}",
+        review.kind(),
+        review.namespace().unwrap_or(""),
+        review.display_name()
+    );
+    match failure {
+        Failure::Lookup { target, error } => format!(
+            "{subject} was not admitted because genesis-gate could not read {target} ({error}) and policy {} fails closed; retrying is safe, and the StatefulSet or Job controller retries by itself.",
+            policy.name
+        ),
+        other => format!(
+            "{subject} was not admitted because policy {} could not be evaluated and fails closed: {other}. Fix the policy or the object; retrying is safe.",
+            policy.name
+        ),
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::server::Reviewer for Engine {
+    async fn review(&self, endpoint: Endpoint, body: Bytes) -> Result<Bytes, RequestError> {
+        self.review_body(endpoint, &body).await.map(Bytes::from)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.source.ready()
+    }
+}

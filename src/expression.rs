@@ -71,6 +71,12 @@ impl Default for Activation<'_> {
     }
 }
 
+impl fmt::Debug for Expression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Expression").field(&self.source).finish()
+    }
+}
+
 impl Expression {
     pub fn compile(source: &str) -> Result<Expression, CompileError> {
         Ok(Expression {

@@ -13,5 +13,7 @@ pub mod expression;
 pub mod lookup;
 pub mod metrics;
 pub mod policy;
+pub mod serve;
 pub mod server;
+pub mod suite;
 pub mod tls;

@@ -3,9 +3,13 @@
 //! An [`ObjectSource`] serves them: from files given with `--context`, or
 //! from a watch cache of the live cluster with live reads behind it.
 
+mod files;
+
 use std::sync::Arc;
 
 use serde_json::Value;
+
+pub use files::{ContextError, FileSource};
 
 /// One object to get.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -18,14 +22,14 @@ pub struct ObjectRef {
 }
 
 /// The objects of a kind to list.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListRef {
     pub api_version: String,
     pub kind: String,
     /// `None` lists across all namespaces, or a cluster-scoped kind.
     pub namespace: Option<String>,
-    /// A label selector in the API's string form (`a=b,c in (d,e),!f`).
-    pub label_selector: Option<String>,
+    /// Its `Display` form is the API's query string (`a=b,c in (d,e),!f`).
+    pub label_selector: Option<kube::core::Selector>,
 }
 
 /// Whether an answer may come from a cache.
