@@ -292,7 +292,10 @@ fn namespace_of(deployment: &Deployment) -> &str {
 }
 
 /// Returns whether `selector` (matchLabels only) selects pods labelled `labels`.
-fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+fn label_selector_selects(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let Some(selector) = selector else {
         return false;
     };
@@ -302,6 +305,44 @@ fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) 
         && match_labels
             .iter()
             .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+/// Returns whether a Service `selector` selects pods labelled `labels`.
+fn service_selects(
+    selector: Option<&BTreeMap<String, String>>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.is_some_and(|selector| {
+        !selector.is_empty()
+            && selector
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+    })
+}
+
+#[test]
+fn webhook_paths_match_configuration_kind() {
+    for render in renders() {
+        for webhook in webhooks(&render.bundle) {
+            let reference = webhook
+                .client_config
+                .service
+                .as_ref()
+                .expect("service reference");
+            let expected = if webhook.mutating {
+                MUTATE_PATH
+            } else {
+                VALIDATE_PATH
+            };
+            assert_eq!(
+                reference.path.as_deref(),
+                Some(expected),
+                "{}: webhook {}",
+                render.name,
+                webhook.name
+            );
+        }
+    }
 }
 
 /// Resolves `port`, a number or a name, to a port of `container`.
@@ -527,7 +568,7 @@ fn webhooks_call_the_service() {
             let service = the_service(bundle, &reference.namespace, &reference.name);
             let spec = service.spec.as_ref().expect("Service spec");
             assert!(
-                selects_pods(spec.selector.as_ref(), &pod_labels(deployment)),
+                service_selects(spec.selector.as_ref(), &pod_labels(deployment)),
                 "{context}"
             );
             let port = spec
@@ -542,43 +583,6 @@ fn webhooks_call_the_service() {
                 resolve_port(container, target),
                 Some(8443),
                 "{context}: targetPort"
-            );
-        }
-    }
-}
-
-fn selects_pods(
-    selector: Option<&BTreeMap<String, String>>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    selector.is_some_and(|selector| {
-        !selector.is_empty()
-            && selector
-                .iter()
-                .all(|(key, value)| labels.get(key) == Some(value))
-    })
-}
-
-#[test]
-fn webhook_paths_match_configuration_kind() {
-    for render in renders() {
-        for webhook in webhooks(&render.bundle) {
-            let reference = webhook
-                .client_config
-                .service
-                .as_ref()
-                .expect("service reference");
-            let expected = if webhook.mutating {
-                MUTATE_PATH
-            } else {
-                VALIDATE_PATH
-            };
-            assert_eq!(
-                reference.path.as_deref(),
-                Some(expected),
-                "{}: webhook {}",
-                render.name,
-                webhook.name
             );
         }
     }
@@ -962,7 +966,7 @@ fn deployment_survives_node_loss() {
             .unwrap_or_else(|| panic!("{}: no spread across nodes", render.name));
         assert_eq!(by_node.max_skew, 1, "{}: maxSkew", render.name);
         assert!(
-            selects(by_node.label_selector.as_ref(), &labels),
+            label_selector_selects(by_node.label_selector.as_ref(), &labels),
             "{}: spread",
             render.name
         );
@@ -978,7 +982,7 @@ fn deployment_survives_node_loss() {
             render.name
         );
         assert!(
-            selects(budget.selector.as_ref(), &labels),
+            label_selector_selects(budget.selector.as_ref(), &labels),
             "{}: PDB selector",
             render.name
         );
