@@ -40,7 +40,10 @@ async fn http2_is_negotiated_and_serves_reviews() {
     let server = TestServer::start(Arc::new(EchoReviewer::ready())).await;
     let mut connection = server.connect(Protocol::Http2).await;
     assert_eq!(connection.alpn.as_deref(), Some(&b"h2"[..]));
-    for (n, path) in ["/validate", "/mutate", "/validate"].into_iter().enumerate() {
+    for (n, path) in ["/validate", "/mutate", "/validate"]
+        .into_iter()
+        .enumerate()
+    {
         let uid = format!("h2-{n}");
         let response = connection
             .post(path, JSON, review_request(&uid))
@@ -59,7 +62,10 @@ async fn client_trusting_another_ca_rejects_the_server() {
     tls::ensure_dev_certificates(other.path()).expect("other CA");
     let config = client_config(&other.path().join(tls::CA_CERT_FILE), Protocol::Http1, None);
     let result = Connection::open(server.addr, config, Protocol::Http1).await;
-    assert!(result.is_err(), "handshake succeeded against an untrusted CA");
+    assert!(
+        result.is_err(),
+        "handshake succeeded against an untrusted CA"
+    );
 }
 
 #[tokio::test]
@@ -86,7 +92,11 @@ async fn text_plain_is_rejected_with_415() {
         .await
         .expect("response");
     assert_eq!(response.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert!(response.text().contains("text/plain"), "{}", response.text());
+    assert!(
+        response.text().contains("text/plain"),
+        "{}",
+        response.text()
+    );
     assert!(response.text().contains(JSON), "{}", response.text());
 }
 
@@ -127,7 +137,9 @@ async fn readyz_is_503_with_reason_until_ready() {
 #[tokio::test]
 async fn failed_handshake_is_counted_and_accepting_continues() {
     let server = TestServer::start(Arc::new(EchoReviewer::ready())).await;
-    let mut plain = tokio::net::TcpStream::connect(server.addr).await.expect("tcp");
+    let mut plain = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("tcp");
     plain
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -138,11 +150,18 @@ async fn failed_handshake_is_counted_and_accepting_continues() {
         async move { metric_value(&text, HANDSHAKE_FAILURES) >= 1.0 }
     })
     .await;
-    assert!(counted, "plaintext request was not counted as a failed handshake");
+    assert!(
+        counted,
+        "plaintext request was not counted as a failed handshake"
+    );
 
-    let response = get_once(server.addr, server.client_config(Protocol::Http1), "/healthz")
-        .await
-        .expect("TLS request after the failed handshake");
+    let response = get_once(
+        server.addr,
+        server.client_config(Protocol::Http1),
+        "/healthz",
+    )
+    .await
+    .expect("TLS request after the failed handshake");
     assert_eq!(response.status, StatusCode::OK);
 }
 
@@ -178,8 +197,10 @@ async fn shutdown_finishes_in_flight_request_and_closes_the_rest() {
         assert_eq!(response.status, StatusCode::OK);
     }
     let mut busy = server.connect(Protocol::Http1).await;
-    let in_flight =
-        tokio::spawn(async move { busy.post("/validate", JSON, review_request("in-flight")).await });
+    let in_flight = tokio::spawn(async move {
+        busy.post("/validate", JSON, review_request("in-flight"))
+            .await
+    });
     tokio::time::timeout(WAIT_LIMIT, reviewer.started())
         .await
         .expect("review started");
@@ -210,7 +231,10 @@ async fn shutdown_finishes_in_flight_request_and_closes_the_rest() {
         .expect("in-flight request succeeds");
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response_uid(&response.body).as_deref(), Some("in-flight"));
-    assert!(server.stopped_within(WAIT_LIMIT).await, "server did not stop");
+    assert!(
+        server.stopped_within(WAIT_LIMIT).await,
+        "server did not stop"
+    );
 }
 
 #[tokio::test]
@@ -229,7 +253,10 @@ async fn drain_timeout_closes_a_stuck_request() {
         .expect("review started");
 
     server.begin_shutdown();
-    assert!(server.stopped_within(WAIT_LIMIT).await, "server did not stop");
+    assert!(
+        server.stopped_within(WAIT_LIMIT).await,
+        "server did not stop"
+    );
     let result = tokio::time::timeout(WAIT_LIMIT, in_flight)
         .await
         .expect("request task ends")
@@ -252,7 +279,10 @@ async fn client_ca_rejects_clients_without_its_certificate() {
     let stranger = tls::generate_client(&other_ca, "stranger").expect("client certificate");
     let config = client_config(&server.ca_file(), Protocol::Http1, Some(&stranger));
     let result = get_once(server.addr, config, "/healthz").await;
-    assert!(result.is_err(), "client with a foreign certificate was served");
+    assert!(
+        result.is_err(),
+        "client with a foreign certificate was served"
+    );
 
     let metrics = server.metrics.clone();
     let counted = eventually(|| {

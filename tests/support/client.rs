@@ -54,6 +54,9 @@ pub fn client_config(
                 .expect("client identity")
         }
     };
+    // A resumed session carries the certificate of the session it resumes,
+    // so each handshake is a full one to see the certificate served now.
+    config.resumption = rustls::client::Resumption::disabled();
     config.alpn_protocols = match protocol {
         Protocol::Http1 => vec![b"http/1.1".to_vec()],
         Protocol::Http2 => vec![b"h2".to_vec()],

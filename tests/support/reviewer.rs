@@ -49,10 +49,12 @@ fn allow(body: &[u8]) -> Result<Bytes, RequestError> {
         status: 400,
         message: format!("body is not JSON: {error}"),
     })?;
-    let uid = value["request"]["uid"].as_str().ok_or_else(|| RequestError {
-        status: 400,
-        message: "request.uid is missing".to_owned(),
-    })?;
+    let uid = value["request"]["uid"]
+        .as_str()
+        .ok_or_else(|| RequestError {
+            status: 400,
+            message: "request.uid is missing".to_owned(),
+        })?;
     let response = serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
