@@ -18,7 +18,7 @@ const JSON: &str = "application/json";
 const HANDSHAKE_FAILURES: &str = "genesis_gate_tls_handshake_failures_total";
 
 #[tokio::test]
-async fn http1_keep_alive_serves_several_reviews_on_one_connection() {
+async fn http1_keep_alive_reuses_one_connection() {
     let server = TestServer::start(Arc::new(EchoReviewer::ready())).await;
     let mut connection = server.connect(Protocol::Http1).await;
     assert_eq!(connection.alpn.as_deref(), Some(&b"http/1.1"[..]));
@@ -183,7 +183,7 @@ async fn metrics_endpoint_exports_certificate_expiry() {
 }
 
 #[tokio::test]
-async fn shutdown_finishes_in_flight_request_and_closes_the_rest() {
+async fn shutdown_completes_in_flight_request() {
     let reviewer = Arc::new(HoldingReviewer::new());
     let mut server = TestServer::start_with(reviewer.clone(), |options, _| {
         options.request_timeout = Duration::from_secs(60);
@@ -214,7 +214,7 @@ async fn shutdown_finishes_in_flight_request_and_closes_the_rest() {
         idle_http2.closed_within(WAIT_LIMIT).await,
         "idle HTTP/2 connection stayed open after shutdown"
     );
-    // The listener closes before connections are told to stop, so once the
+    // The listener closes before connections are signalled to stop, so once the
     // idle ones are closed, a new connection finds no listener.
     let refused = tokio::net::TcpStream::connect(server.addr).await;
     assert!(refused.is_err(), "new connection accepted after shutdown");

@@ -53,7 +53,7 @@ pub struct Server {
     _certificate_watch: WatchHandle,
 }
 
-/// What every connection task needs.
+/// State shared by the connection tasks.
 struct ConnectionContext {
     acceptor: TlsAcceptor,
     router: Router,
@@ -124,13 +124,13 @@ impl Server {
         })
     }
 
-    /// The bound address, with the port chosen when the options gave 0.
+    /// Returns the bound address, with the port chosen when the options gave 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// Accepts connections until `shutdown` completes. Then it stops
-    /// accepting, asks every connection to close after its in-flight
+    /// accepting, signals every connection to close after its in-flight
     /// requests (idle HTTP/1.1 connections close at once, HTTP/2 ones get
     /// GOAWAY), and waits up to the drain timeout before closing the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
@@ -149,6 +149,7 @@ impl Server {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_join(joined),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let context = connections.clone();
@@ -159,7 +160,6 @@ impl Server {
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 },
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_join(joined),
             }
         }
         drop(listener);
@@ -171,25 +171,32 @@ impl Server {
         // Every receiver sees `true` from here on, including connections
         // whose handshake is still running.
         let _ = stop_tx.send(true);
-        let drain = async {
-            while let Some(joined) = tasks.join_next().await {
-                log_join(joined);
-            }
-        };
-        if tokio::time::timeout(drain_timeout, drain).await.is_err() {
-            warn!(
-                connections = tasks.len(),
-                "drain timeout elapsed; closing the remaining connections"
-            );
-            tasks.shutdown().await;
-        }
+        drain_connections(tasks, drain_timeout).await;
         info!(addr = %local_addr, "server stopped");
     }
 }
 
+/// Waits for the connection tasks to finish, and after `drain_timeout`
+/// aborts those that remain.
+async fn drain_connections(mut tasks: JoinSet<()>, drain_timeout: Duration) {
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            log_join(joined);
+        }
+    };
+    if tokio::time::timeout(drain_timeout, drain).await.is_ok() {
+        return;
+    }
+    warn!(
+        connections = tasks.len(),
+        "drain timeout elapsed; closing the remaining connections"
+    );
+    tasks.shutdown().await;
+}
+
 fn http_builder() -> auto::Builder<TokioExecutor> {
-    // NOTE: no hyper timer is set, so HTTP/1.1 has no header read timeout;
-    // hyper's timeout would also close idle keep-alive connections, which
+    // NOTE: no hyper timer is set, so HTTP/1.1 has no header read timeout.
+    // Hyper's timeout would also close idle keep-alive connections, which
     // the API server reuses. A slow client holds a connection, not a worker.
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true);
@@ -202,8 +209,8 @@ async fn serve_connection(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Reviews are small request-response exchanges; Nagle's delay would
-    // hold back the last segment of each answer.
+    // Reviews are small request-response exchanges, and Nagle's algorithm
+    // would delay the last segment of each response.
     let _ = stream.set_nodelay(true);
     let handshake =
         tokio::time::timeout(context.handshake_timeout, context.acceptor.accept(stream));

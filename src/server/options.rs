@@ -8,7 +8,7 @@ use std::time::Duration;
 /// to 3 MiB each (the API server's object size limit), plus the envelope.
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// Under the 5 s `timeoutSeconds` of the shipped webhook configuration, so
-/// that the API server receives our answer rather than its own timeout.
+/// that the API server receives our response rather than its own timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);

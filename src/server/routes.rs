@@ -23,8 +23,8 @@ use crate::metrics::Metrics;
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// What the routes share: the admission side, the metrics, and the limits
-/// applied to each request.
+/// State shared by the routes: the admission side, the metrics, and the
+/// limits applied to each request.
 #[derive(Clone)]
 pub struct AppState {
     pub reviewer: Arc<dyn Reviewer>,
@@ -227,8 +227,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> HttpError {
     )
 }
 
-/// Answers 503 when a request takes longer than `timeout`, so that the API
-/// server gets an answer before its own webhook timeout. The handler's
+/// Returns 503 when a request takes longer than `timeout`, so that the API
+/// server gets a response before its own webhook timeout. The handler's
 /// future is dropped at that point; work it does outside an `.await` is not
 /// interrupted.
 async fn enforce_timeout(
@@ -279,7 +279,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tower::ServiceExt;
 
-    /// Answers with the request body, or with the error it was given.
+    /// Returns the request body, or the error it was given.
     struct Fixed {
         error: Option<RequestError>,
         ready: AtomicBool,
@@ -370,7 +370,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn default_limit_admits_update_with_two_3_mib_objects() {
+    async fn default_limit_admits_update_review() {
         let body = vec![b' '; 6 * 1024 * 1024 + 64 * 1024];
         let (status, _, _) = send(state(echo()), post("/validate", "application/json", body)).await;
         assert_eq!(status, StatusCode::OK);

@@ -125,8 +125,8 @@ impl CertificateAuthority {
         &self.key_pem
     }
 
-    /// The CA certificate as a webhook configuration's `caBundle`: the PEM
-    /// text, base64-encoded.
+    /// Returns the CA certificate as a webhook configuration's `caBundle`:
+    /// the PEM text, base64-encoded.
     pub fn ca_bundle(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.cert_pem.as_bytes())
     }
@@ -153,7 +153,8 @@ impl CertificateAuthority {
 impl IssuedCertificate {
     /// Writes `tls.crt` and `tls.key` (mode 0600) into `dir`. Each file is
     /// replaced by a rename, so a reader sees the old or the new content of
-    /// a file, never a partial one; the two renames are not one step.
+    /// a file, never a partial one. The two renames are separate steps, so a
+    /// reader may see a new certificate with the old key in between.
     pub fn write(&self, dir: &Path) -> Result<(), TlsError> {
         write_file(&dir.join(CERT_FILE), &self.cert_pem, false)?;
         write_file(&dir.join(KEY_FILE), &self.key_pem, true)
@@ -224,7 +225,7 @@ pub fn generate_client(
     ca.issue(params, "client certificate")
 }
 
-/// Makes sure `dir` holds a serving certificate for local development, with
+/// Makes sure `dir` contains a serving certificate for local development, with
 /// the names `localhost`, `127.0.0.1` and `::1`.
 ///
 /// An existing `tls.crt` and `tls.key` pair is reused as it is. Without

@@ -122,7 +122,7 @@ impl CertificateWatcher {
         self.resolver.clone()
     }
 
-    /// The certificate in use.
+    /// Returns the certificate in use.
     pub fn info(&self) -> &CertificateInfo {
         &self.info
     }
@@ -190,7 +190,7 @@ impl CertificateWatcher {
     fn watch_folders(&self, changed: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
         let handler = move |event: notify::Result<notify::Event>| match event {
             Ok(event) if is_change(&event.kind) => {
-                // A full channel already holds a pending reread.
+                // A full channel already contains a pending reread.
                 let _ = changed.try_send(());
             }
             Ok(_) => {}

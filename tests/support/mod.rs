@@ -16,8 +16,8 @@ use std::time::Duration;
 /// instead of stalling the run.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(20);
 
-/// Polls `condition` every 20 ms until it holds or `WAIT_LIMIT` passes, and
-/// returns whether it held.
+/// Polls `condition` every 20 ms until it returns true or `WAIT_LIMIT`
+/// passes, and returns whether it did.
 pub async fn eventually<F, Fut>(mut condition: F) -> bool
 where
     F: FnMut() -> Fut,

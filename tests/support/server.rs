@@ -32,7 +32,7 @@ impl TestServer {
     }
 
     /// Starts a server after `configure` has adjusted the options. It gets
-    /// the certificate folder, which holds `ca.pem`, `ca-key.pem`, `tls.crt`
+    /// the certificate folder, which contains `ca.pem`, `ca-key.pem`, `tls.crt`
     /// and `tls.key` at that point.
     pub async fn start_with(
         reviewer: Arc<dyn Reviewer>,
@@ -66,7 +66,7 @@ impl TestServer {
         }
     }
 
-    /// The certificate folder.
+    /// Returns the certificate folder.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -75,12 +75,12 @@ impl TestServer {
         self.dir.path().join(tls::CA_CERT_FILE)
     }
 
-    /// The CA that signed the serving certificate, for issuing new ones.
+    /// Loads the CA that signed the serving certificate, for issuing new ones.
     pub fn ca(&self) -> CertificateAuthority {
         CertificateAuthority::load(self.dir.path()).expect("test CA")
     }
 
-    /// A client configuration that trusts only this server's CA.
+    /// Builds a client configuration that trusts only this server's CA.
     pub fn client_config(&self, protocol: Protocol) -> Arc<ClientConfig> {
         client_config(&self.ca_file(), protocol, None)
     }
