@@ -56,6 +56,30 @@ async fn http2_is_negotiated_and_serves_reviews() {
 }
 
 #[tokio::test]
+async fn tls_1_2_and_1_3_are_both_served() {
+    let server = TestServer::start(Arc::new(EchoReviewer::ready())).await;
+    let versions = [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ];
+    for (supported, expected) in versions {
+        let base = server.client_config(Protocol::Http1);
+        let mut config = rustls::ClientConfig::builder_with_provider(tls::crypto_provider())
+            .with_protocol_versions(&[supported])
+            .expect("protocol version")
+            .with_root_certificates(tls::load_root_store(&server.ca_file()).expect("roots"))
+            .with_no_client_auth();
+        config.alpn_protocols = base.alpn_protocols.clone();
+        let mut connection = Connection::open(server.addr, Arc::new(config), Protocol::Http1)
+            .await
+            .expect("handshake");
+        assert_eq!(connection.tls_version, Some(expected));
+        let response = connection.get("/healthz").await.expect("healthz");
+        assert_eq!(response.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
 async fn client_trusting_another_ca_rejects_the_server() {
     let server = TestServer::start(Arc::new(EchoReviewer::ready())).await;
     let other = tempfile::tempdir().expect("temporary folder");

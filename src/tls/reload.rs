@@ -258,25 +258,42 @@ impl CertificateWatcher {
             return;
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let remaining = self.info.not_after.saturating_sub(now);
-        if remaining > EXPIRY_WARNING.as_secs() as i64 {
-            return;
-        }
-        self.expiry_warned = true;
-        if remaining <= 0 {
-            warn!(
+        match expiry(self.info.not_after, now) {
+            Expiry::Valid => return,
+            Expiry::Expired => warn!(
                 serial = %self.info.serial,
                 not_after = %self.info.not_after_text,
                 "serving certificate has expired; replace it, since clients reject it"
-            );
-        } else {
-            warn!(
+            ),
+            Expiry::Soon { remaining_hours } => warn!(
                 serial = %self.info.serial,
                 not_after = %self.info.not_after_text,
-                remaining_hours = remaining / 3600,
+                remaining_hours,
                 "serving certificate expires within 7 days; renew it"
-            );
+            ),
         }
+        self.expiry_warned = true;
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Expiry {
+    Valid,
+    Soon { remaining_hours: i64 },
+    Expired,
+}
+
+/// Classifies a certificate's `notAfter` against `now`, both in Unix seconds.
+fn expiry(not_after: i64, now: i64) -> Expiry {
+    let remaining = not_after.saturating_sub(now);
+    if remaining <= 0 {
+        Expiry::Expired
+    } else if remaining <= EXPIRY_WARNING.as_secs() as i64 {
+        Expiry::Soon {
+            remaining_hours: remaining / 3600,
+        }
+    } else {
+        Expiry::Valid
     }
 }
 
@@ -308,5 +325,63 @@ fn parent_folder(path: &Path) -> PathBuf {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 24 * 3600;
+
+    #[test]
+    fn expiry_beyond_seven_days_is_valid() {
+        assert_eq!(expiry(100 * DAY, 92 * DAY), Expiry::Valid);
+    }
+
+    #[test]
+    fn expiry_within_seven_days_is_soon() {
+        assert_eq!(
+            expiry(100 * DAY, 98 * DAY),
+            Expiry::Soon {
+                remaining_hours: 48
+            }
+        );
+        assert_eq!(
+            expiry(100 * DAY, 93 * DAY),
+            Expiry::Soon {
+                remaining_hours: 168
+            }
+        );
+    }
+
+    #[test]
+    fn expiry_in_the_past_is_expired() {
+        assert_eq!(expiry(100 * DAY, 100 * DAY), Expiry::Expired);
+        assert_eq!(expiry(100 * DAY, 101 * DAY), Expiry::Expired);
+    }
+
+    #[test]
+    fn folder_events_other_than_reads_are_changes() {
+        use notify::event::{CreateKind, ModifyKind, RenameMode};
+        assert!(is_change(&EventKind::Create(CreateKind::Any)));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::Both
+        ))));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+    }
+
+    #[test]
+    fn parent_of_bare_file_name_is_current_folder() {
+        assert_eq!(parent_folder(Path::new("tls.crt")), PathBuf::from("."));
+        assert_eq!(
+            parent_folder(Path::new("/certs/tls.crt")),
+            PathBuf::from("/certs")
+        );
     }
 }

@@ -90,6 +90,8 @@ pub struct Connection {
     authority: String,
     /// The ALPN protocol the server chose.
     pub alpn: Option<Vec<u8>>,
+    /// The negotiated TLS version.
+    pub tls_version: Option<rustls::ProtocolVersion>,
     /// The server's leaf certificate.
     pub peer_certificate: CertificateDer<'static>,
     driver: JoinHandle<()>,
@@ -107,6 +109,7 @@ impl Connection {
         let tls = TlsConnector::from(config).connect(server_name, tcp).await?;
         let session = tls.get_ref().1;
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let tls_version = session.protocol_version();
         let peer_certificate = session
             .peer_certificates()
             .and_then(|chain| chain.first())
@@ -134,6 +137,7 @@ impl Connection {
             sender,
             authority: format!("localhost:{}", addr.port()),
             alpn,
+            tls_version,
             peer_certificate,
             driver,
         })
