@@ -56,7 +56,7 @@ async fn http2_is_negotiated_and_serves_reviews() {
 }
 
 #[tokio::test]
-async fn tls_1_2_and_1_3_are_both_served() {
+async fn tls_versions_1_2_and_1_3_served() {
     let server = TestServer::start(Arc::new(EchoReviewer::ready())).await;
     let versions = [
         (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),

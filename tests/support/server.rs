@@ -38,6 +38,7 @@ impl TestServer {
         reviewer: Arc<dyn Reviewer>,
         configure: impl FnOnce(&mut ServerOptions, &Path),
     ) -> TestServer {
+        init_logging();
         let dir = tempfile::tempdir().expect("temporary folder");
         let paths = tls::ensure_dev_certificates(dir.path()).expect("dev certificates");
         let mut options = ServerOptions {
@@ -102,6 +103,17 @@ impl TestServer {
     pub async fn stopped_within(&mut self, limit: Duration) -> bool {
         tokio::time::timeout(limit, &mut self.task).await.is_ok()
     }
+}
+
+/// Sends the server's logs to the test output, filtered by `RUST_LOG` and
+/// silent without it.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 impl Drop for TestServer {
