@@ -41,6 +41,9 @@ pub struct Metrics {
     policy_decisions: Family<PolicyLabels, Counter>,
     policy_reloads: Family<OutcomeLabels, Counter>,
     policies_loaded: Gauge,
+    certificate_expiry: Gauge,
+    certificate_reloads: Family<OutcomeLabels, Counter>,
+    handshake_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -80,6 +83,24 @@ impl Metrics {
             "Policies in the active set",
             policies_loaded.clone(),
         );
+        let certificate_expiry = Gauge::default();
+        let certificate_reloads = Family::<OutcomeLabels, Counter>::default();
+        let handshake_failures = Counter::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "End of validity (notAfter) of the serving certificate, in Unix seconds",
+            certificate_expiry.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "Reloads of the serving certificate by outcome: success or failure",
+            certificate_reloads.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            handshake_failures.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             reviews,
@@ -87,6 +108,9 @@ impl Metrics {
             policy_decisions,
             policy_reloads,
             policies_loaded,
+            certificate_expiry,
+            certificate_reloads,
+            handshake_failures,
         }
     }
 
@@ -116,6 +140,23 @@ impl Metrics {
 
     pub fn set_policies_loaded(&self, count: usize) {
         self.policies_loaded.set(count as i64);
+    }
+
+    pub fn set_certificate_expiry(&self, not_after_unix_seconds: i64) {
+        self.certificate_expiry.set(not_after_unix_seconds);
+    }
+
+    pub fn record_certificate_reload(&self, success: bool) {
+        let outcome = if success { "success" } else { "failure" };
+        self.certificate_reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn record_handshake_failure(&self) {
+        self.handshake_failures.inc();
     }
 
     /// Registers further metrics, for modules that own their own.
