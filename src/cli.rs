@@ -235,6 +235,17 @@ async fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn certs(args: CertsArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("certs is not built yet")
+    let CertsArgs {
+        service,
+        namespace,
+        out,
+    } = args;
+    let ca_bundle = crate::tls::create_for_service(&service, &namespace, &out)?;
+    eprintln!(
+        "wrote ca.pem, ca-key.pem, tls.crt and tls.key to {} for {service}.{namespace}.svc; \
+         set this caBundle in both webhook configurations:",
+        out.display()
+    );
+    println!("{ca_bundle}");
+    Ok(ExitCode::SUCCESS)
 }
