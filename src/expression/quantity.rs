@@ -274,3 +274,179 @@ impl Val for Quantity {
 }
 
 impl StaticVal for Quantity {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Quantity {
+        match Quantity::parse(text) {
+            Ok(quantity) => quantity,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[test]
+    fn parses_suffixes_and_exponents_exactly() {
+        let cases: [(&str, i128); 16] = [
+            ("0", 0),
+            ("1", NANOS_PER_UNIT),
+            ("+1.5", 1_500_000_000),
+            ("-2", -2 * NANOS_PER_UNIT),
+            ("500m", 500_000_000),
+            (".5", 500_000_000),
+            ("5.", 5 * NANOS_PER_UNIT),
+            ("100u", 100_000),
+            ("7n", 7),
+            ("2k", 2_000 * NANOS_PER_UNIT),
+            ("1E", 1_000_000_000_000_000_000 * NANOS_PER_UNIT),
+            ("1Ki", 1024 * NANOS_PER_UNIT),
+            ("1.5Gi", 1_610_612_736 * NANOS_PER_UNIT),
+            ("1e3", 1_000 * NANOS_PER_UNIT),
+            ("1E-3", 1_000_000),
+            ("00012.3400", 12_340_000_000),
+        ];
+        for (text, nanos) in cases {
+            assert_eq!(parse(text).nanos, nanos, "{text}");
+        }
+    }
+
+    #[test]
+    fn rounds_magnitudes_up_to_a_nano_unit() {
+        assert_eq!(parse("0.1n").nanos, 1);
+        assert_eq!(parse("-0.1n").nanos, -1);
+        assert_eq!(parse("1.0000000001").nanos, NANOS_PER_UNIT + 1);
+        assert_eq!(parse("1e-300").nanos, 1);
+        assert_eq!(parse("0.5e-9").nanos, 1);
+        assert_eq!(parse("0.0000000000Ki").nanos, 0);
+    }
+
+    #[test]
+    fn caps_magnitudes_at_the_int64_range() {
+        for text in [
+            "9223372036854775808",
+            "1e100",
+            "8Ei",
+            "123456789012345678901234567890",
+        ] {
+            assert_eq!(parse(text).nanos, MAX_NANOS, "{text}");
+        }
+        assert_eq!(parse("-1e100").nanos, -MAX_NANOS);
+        assert_eq!(parse("9223372036854775807").nanos, MAX_NANOS);
+    }
+
+    #[test]
+    fn rejects_what_kubernetes_rejects() {
+        let invalid = [
+            "",
+            ".",
+            "-",
+            "+",
+            "1.5x",
+            "1K",
+            "1ki",
+            "1e",
+            "1e+",
+            "1e1.5",
+            "1 ",
+            " 1",
+            "1.2.3",
+            "Ki",
+            "e3",
+            "1Kii",
+            "nan",
+            "inf",
+            "1e99999999999",
+            "--1",
+            "1,5",
+        ];
+        for text in invalid {
+            assert_eq!(
+                Quantity::parse(text).unwrap_err(),
+                QuantityError::Invalid(text.to_owned()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_numbers_too_long_to_compute() {
+        let text = format!("1.{}1", "0".repeat(MAX_DIGITS));
+        assert!(matches!(
+            Quantity::parse(&text),
+            Err(QuantityError::TooManyDigits(_))
+        ));
+        let long_but_tiny = format!("0.{}1", "0".repeat(MAX_DIGITS));
+        assert_eq!(parse(&long_but_tiny).nanos, 1);
+    }
+
+    #[test]
+    fn prints_the_canonical_form() {
+        let cases = [
+            ("0", "0"),
+            ("1000", "1k"),
+            ("1024", "1024"),
+            ("0.5", "500m"),
+            ("1.5", "1500m"),
+            ("1500m", "1500m"),
+            ("0.1n", "1n"),
+            ("100u", "100u"),
+            ("1Ki", "1Ki"),
+            ("1024Ki", "1Mi"),
+            ("1.5Gi", "1536Mi"),
+            ("0.5Ki", "512"),
+            ("1.5Ki", "1536"),
+            ("-1.5Gi", "-1536Mi"),
+            ("1Ei", "1Ei"),
+            ("8Ei", "9223372036854775807"),
+            ("1e3", "1e3"),
+            ("1E3", "1e3"),
+            ("1.5e6", "1500e3"),
+            ("1e0", "1"),
+            ("1e-3", "1e-3"),
+            ("1E", "1E"),
+            ("12M", "12M"),
+        ];
+        for (text, canonical) in cases {
+            assert_eq!(parse(text).to_string(), canonical, "{text}");
+        }
+    }
+
+    #[test]
+    fn compares_by_value() {
+        assert_eq!(parse("1"), parse("1000m"));
+        assert_eq!(parse("1Ki"), parse("1024"));
+        assert!(parse("1k") < parse("1Ki"));
+        assert!(parse("-1") < parse("1n"));
+    }
+
+    #[test]
+    fn converts_to_integer_and_float() {
+        assert_eq!(parse("8Gi").as_integer(), Some(8_589_934_592));
+        assert_eq!(parse("1500m").as_integer(), None);
+        assert_eq!(parse("-3").as_integer(), Some(-3));
+        assert_eq!(parse("1e100").as_integer(), Some(i64::MAX));
+        assert_eq!(parse("250m").as_approximate_float(), 0.25);
+    }
+
+    #[test]
+    fn arithmetic_keeps_the_receiver_format_and_checks_overflow() {
+        let sum = parse("1Gi")
+            .checked_add(&parse("512M"))
+            .map(|q| q.to_string());
+        assert_eq!(sum.as_deref(), Some("1548576Ki"));
+        let sum = parse("1Gi").checked_add(&parse("1")).map(|q| q.to_string());
+        assert_eq!(sum.as_deref(), Some("1073741825"));
+        let sum = parse("1Gi")
+            .checked_add(&parse("1Gi"))
+            .map(|q| q.to_string());
+        assert_eq!(sum.as_deref(), Some("2Gi"));
+        let difference = parse("1").checked_sub(&parse("1500m"));
+        assert_eq!(difference.map(|q| q.to_string()).as_deref(), Some("-500m"));
+        let huge = Quantity {
+            nanos: i128::MAX,
+            format: Format::DecimalSi,
+        };
+        assert!(huge.checked_add(&parse("1n")).is_none());
+    }
+}
