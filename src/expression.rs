@@ -1,19 +1,46 @@
 //! CEL expressions: compilation, the Kubernetes function library, and a
 //! borrowed view of request JSON as CEL values.
 //!
-//! Contract (implemented by the expression work):
-//! - `Expression::compile` parses once at load and reports the position of
-//!   a syntax error.
-//! - `Activation` binds borrowed `serde_json::Value`s as CEL variables
-//!   without converting them.
-//! - `Expression::evaluate` returns the result converted to JSON.
+//! - [`Expression::compile`] parses once at load, reports the position of a
+//!   syntax error, and rejects calls of undeclared functions.
+//! - [`Activation`] binds borrowed `serde_json::Value`s as CEL variables
+//!   without converting them: cel reads them through views.
+//! - [`Expression::evaluate`] returns the result converted to JSON.
+//!
+//! Expressions are compiled and evaluated with cel 0.15's standard library,
+//! its optional syntax (`a.?b`, `optional.of`), its strings, lists and math
+//! extensions, and the Kubernetes functions `jsonpatch.escapeKey` and the
+//! quantity library (`quantity`, `isQuantity`, `compareTo`, `isLessThan`,
+//! `isGreaterThan`, `asInteger`, `asApproximateFloat`, `isInteger`, `sign`,
+//! `add`, `sub`, and `string(quantity)`).
 
-use std::collections::BTreeMap;
+mod activation;
+mod ast;
+mod convert;
+mod env;
+mod functions;
+mod quantity;
+mod results;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+pub use activation::Activation;
+
+use cel::common::types::CelBool;
+use cel::common::value::Val;
+use cel::{Context, IdedExpr, ParseErrors, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// A compiled CEL expression and its source text.
 pub struct Expression {
     source: String,
+    ast: IdedExpr,
+    roots: BTreeSet<String>,
+    members: BTreeMap<String, BTreeSet<String>>,
+    read_whole: BTreeSet<String>,
 }
 
 /// A CEL syntax error with its 1-based line and column in the expression.
@@ -41,37 +68,122 @@ impl std::error::Error for CompileError {}
 #[error("{0}")]
 pub struct EvalError(pub String);
 
-/// The variables of one evaluation, borrowed for `'a`.
-pub struct Activation<'a> {
-    _marker: std::marker::PhantomData<&'a ()>,
-}
-
-impl<'a> Activation<'a> {
-    pub fn new() -> Self {
-        Activation {
-            _marker: std::marker::PhantomData,
+impl Expression {
+    /// Parses `source`, expanding the macros (`has`, `all`, `exists`,
+    /// `exists_one`, `map`, `filter`, `sortBy`).
+    ///
+    /// # Errors
+    ///
+    /// Fails with the position of the first syntax error, or of the first
+    /// call of a function that no overload declares, such as a misspelt
+    /// `startWith`.
+    pub fn compile(source: &str) -> Result<Expression, CompileError> {
+        let program = env::shared()
+            .compile(source)
+            .map_err(|errors| syntax_error(&errors))?;
+        let analysis = ast::Analysis::of(program.expression());
+        if let Some((function, id)) = analysis.unknown_function {
+            let call = program
+                .source_info()
+                .offset_for(id)
+                .map_or(0, |(start, _)| start);
+            let (line, column) = position(source, name_offset(source, call as usize, &function));
+            let message = format!(
+                "undeclared function '{function}': check its spelling, its arguments and \
+                 whether it is called on a value (x.f()) or globally (f(x))"
+            );
+            return Err(CompileError {
+                message,
+                line,
+                column,
+            });
         }
+        let mut ast = program.expression().clone();
+        ast::put_literals_right(&mut ast);
+        Ok(Expression {
+            source: source.to_owned(),
+            ast,
+            roots: analysis.roots,
+            members: analysis.members,
+            read_whole: analysis.read_whole,
+        })
     }
 
-    /// Binds `name` to a JSON value, viewed in place.
-    pub fn bind_json(&mut self, _name: &str, _value: &'a serde_json::Value) {
-        unimplemented!()
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
-    /// Binds `name` to a map whose entries are either values or the error
-    /// their evaluation raised; reading an errored entry raises that error.
-    pub fn bind_results(
-        &mut self,
-        _name: &str,
-        _entries: &'a BTreeMap<String, Result<serde_json::Value, EvalError>>,
-    ) {
-        unimplemented!()
+    /// Top-level identifiers the expression reads (`object`, `variables`, ...),
+    /// sorted. Comprehension variables, function namespaces such as
+    /// `jsonpatch` and type names such as `int` are not among them.
+    pub fn roots(&self) -> Vec<String> {
+        self.roots.iter().cloned().collect()
     }
-}
 
-impl Default for Activation<'_> {
-    fn default() -> Self {
-        Self::new()
+    /// Field names selected directly on identifier `root`, sorted:
+    /// `variables.a`, `variables["b"]`, `has(variables.c)` and
+    /// `variables.?d` yield `a`, `b`, `c` and `d`.
+    ///
+    /// The list is complete only when [`Expression::reads_whole`] is false
+    /// for `root`.
+    pub fn members_of(&self, root: &str) -> Vec<String> {
+        let members = self.members.get(root).into_iter().flatten();
+        members.cloned().collect()
+    }
+
+    /// Whether the expression reads `root` other than by literal field
+    /// names, e.g. `variables[name]`, `size(variables)` or
+    /// `variables.exists(k, ...)`, so that any of its members may be read.
+    pub fn reads_whole(&self, root: &str) -> bool {
+        self.read_whole.contains(root)
+    }
+
+    /// Evaluates the expression and copies the result into JSON: a map with
+    /// string keys becomes an object, bytes a base64 string, an optional its
+    /// value or `null`, a quantity its canonical string (`1536Mi`).
+    ///
+    /// # Errors
+    ///
+    /// Fails with cel's error text, with the error of a failed entry of a
+    /// map bound by [`Activation::bind_results`], when the deadline has
+    /// passed, or when the result has no JSON form (a map with int keys).
+    pub fn evaluate(&self, activation: &Activation<'_>) -> Result<serde_json::Value, EvalError> {
+        self.evaluate_with(activation, convert::to_json)
+    }
+
+    /// Evaluates an expression that must yield a `bool`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Expression::evaluate`], and when the result is of another type.
+    pub fn evaluate_bool(&self, activation: &Activation<'_>) -> Result<bool, EvalError> {
+        self.evaluate_with(activation, |value| match value.downcast_ref::<CelBool>() {
+            Some(boolean) => Ok(*boolean.inner()),
+            None => {
+                let type_name = value.get_type().name();
+                Err(EvalError(format!(
+                    "expected a bool result, got a value of type {type_name}"
+                )))
+            }
+        })
+    }
+
+    /// Evaluates against a context that resolves variables from the
+    /// activation, and hands the result to `finish` while it may still
+    /// borrow the bound JSON.
+    fn evaluate_with<T>(
+        &self,
+        activation: &Activation<'_>,
+        finish: impl FnOnce(&dyn Val) -> Result<T, EvalError>,
+    ) -> Result<T, EvalError> {
+        let bindings = &activation.bindings;
+        bindings.check_deadline()?;
+        let mut context = Context::with_env(env::shared().clone());
+        context.set_variable_resolver(bindings);
+        let result = Value::resolve_val(&self.ast, &context);
+        bindings.check_deadline()?;
+        let value = result.map_err(convert::eval_error)?;
+        finish(&*value)
     }
 }
 
@@ -81,33 +193,46 @@ impl fmt::Debug for Expression {
     }
 }
 
-impl Expression {
-    pub fn compile(source: &str) -> Result<Expression, CompileError> {
-        Ok(Expression {
-            source: source.to_owned(),
-        })
+/// The first syntax error at its position; any others follow in the message.
+fn syntax_error(errors: &ParseErrors) -> CompileError {
+    let Some(first) = errors.errors.first() else {
+        let message = "the expression could not be parsed".to_owned();
+        return CompileError {
+            message,
+            line: 1,
+            column: 1,
+        };
+    };
+    let mut message = first.msg.clone();
+    for other in &errors.errors[1..] {
+        let (line, column) = other.pos;
+        message.push_str(&format!("; line {line}, column {column}: {}", other.msg));
     }
+    let line = usize::try_from(first.pos.0).unwrap_or(1).max(1);
+    let column = usize::try_from(first.pos.1).unwrap_or(1).max(1);
+    CompileError {
+        message,
+        line,
+        column,
+    }
+}
 
-    pub fn source(&self) -> &str {
-        &self.source
+/// The byte offset of `function`'s name in a call whose `(` is at byte
+/// `paren`, where cel places the call's node, or `paren` if the name is not
+/// right before it.
+fn name_offset(source: &str, paren: usize, function: &str) -> usize {
+    let name = function.rsplit('.').next().unwrap_or(function);
+    match paren.checked_sub(name.len()) {
+        Some(start) if source.get(start..paren) == Some(name) => start,
+        _ => paren,
     }
+}
 
-    /// Top-level identifiers the expression reads (`object`, `variables`, ...).
-    pub fn roots(&self) -> Vec<String> {
-        unimplemented!()
-    }
-
-    /// Field names selected directly on identifier `root`: `variables.a`
-    /// and `variables["b"]` yield `a` and `b`.
-    pub fn members_of(&self, _root: &str) -> Vec<String> {
-        unimplemented!()
-    }
-
-    pub fn evaluate(&self, _activation: &Activation<'_>) -> Result<serde_json::Value, EvalError> {
-        unimplemented!()
-    }
-
-    pub fn evaluate_bool(&self, _activation: &Activation<'_>) -> Result<bool, EvalError> {
-        unimplemented!()
-    }
+/// The 1-based line and column, counted in characters, of byte `offset` of
+/// `source`.
+fn position(source: &str, offset: usize) -> (usize, usize) {
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
