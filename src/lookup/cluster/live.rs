@@ -1,6 +1,5 @@
 //! Reads that go to the API server now, bounded by a time budget.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ pub fn map_kube_error(error: &kube::Error) -> LookupError {
 }
 
 /// Joins an error and its sources with `: `.
-fn error_chain(error: &kube::Error) -> String {
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

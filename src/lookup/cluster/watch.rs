@@ -17,6 +17,7 @@ use tokio::sync::watch as signal;
 use crate::lookup::WatchRequirement;
 
 use super::kinds::{KindCache, ResolvedKind};
+use super::live::error_chain;
 use super::metrics::{ClusterMetrics, KindLabels};
 use super::object::RawObject;
 use super::selector;
@@ -238,6 +239,7 @@ fn log_restart(watched: &WatchedKind, context: &WatchContext, error: &watcher::E
         watcher::Error::InitialListFailed(_) | watcher::Error::NoResourceVersion => true,
         watcher::Error::WatchStartFailed(_) | watcher::Error::WatchFailed(_) => false,
     };
+    let error = error_chain(error);
     tracing::warn!(
         api_version = %watched.requirement.api_version,
         kind = %watched.requirement.kind,
@@ -246,7 +248,7 @@ fn log_restart(watched: &WatchedKind, context: &WatchContext, error: &watcher::E
         restarts,
         "watch of looked-up kind failed; restarting after backoff"
     );
-    watched.set_last_error(error.to_string());
+    watched.set_last_error(error);
 }
 
 #[cfg(test)]
