@@ -32,7 +32,7 @@ fn init_logs() {
         .try_init();
 }
 
-/// A stand-in serving the recorded claims, pods and bootstrap Job.
+/// Starts a stand-in serving the recorded claims, pods and bootstrap Job.
 async fn recorded_server() -> ApiServer {
     init_logs();
     let server = ApiServer::start().await;
@@ -101,7 +101,8 @@ fn name_of(object: &Value) -> &str {
     object["metadata"]["name"].as_str().unwrap_or_default()
 }
 
-/// The recorded MODIFIED event that marks the first claim bootstrapped.
+/// Returns the claim from the recorded MODIFIED event that marks it
+/// bootstrapped.
 fn bootstrap_complete_claim() -> Value {
     let event = fixture_events("watch-pvc.ndjson").remove(0);
     assert_eq!(event["type"], "MODIFIED");
@@ -111,7 +112,7 @@ fn bootstrap_complete_claim() -> Value {
 }
 
 /// Polls `check` until it holds, failing the test after [`WAIT_LIMIT`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(condition: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -123,7 +124,7 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("{what} did not happen within {WAIT_LIMIT:?}");
+    panic!("{condition} did not happen within {WAIT_LIMIT:?}");
 }
 
 async fn cached_claim(source: &ClusterSource, name: &str) -> Option<Arc<Value>> {
@@ -141,21 +142,21 @@ fn assert_no_unexpected_requests(server: &ApiServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_fills_and_ready_flips() {
     let server = recorded_server().await;
-    server.refuse_connections(true);
+    server.drop_connections(true);
     let source = ClusterSource::start(
         server.client(),
         vec![claim_watch()],
         options(&server, Duration::from_secs(2)),
     );
     assert!(source.ready().is_err());
-    eventually("a refused list", || async {
-        server.refused_connections() > 0
+    eventually("a dropped list request", || async {
+        server.dropped_connections() > 0
     })
     .await;
     let reason = source.ready().expect_err("no list has completed");
     assert!(reason.contains("v1/PersistentVolumeClaim"), "{reason}");
 
-    server.refuse_connections(false);
+    server.drop_connections(false);
     wait_synced(&source).await;
     assert_eq!(source.ready(), Ok(()));
 
@@ -363,16 +364,16 @@ async fn vanished_server_fails_live_get() {
         .expect_err("nothing listens");
     assert!(matches!(error, LookupError::Unreachable(_)), "{error:?}");
 
-    // The cache keeps answering from what it last saw.
+    // The cache still serves what it last saw.
     let cached = source.get(&claim(CLAIM), Freshness::Cached).await.unwrap();
     assert_eq!(cached.origin, Origin::Cache);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_connection_fails_cache_miss() {
+async fn dropped_connection_fails_cache_miss() {
     let server = recorded_server().await;
     let source = synced_claim_source(&server).await;
-    server.refuse_connections(true);
+    server.drop_connections(true);
 
     let error = source
         .get(&claim("data-pacific-fork-9"), Freshness::Cached)

@@ -2,9 +2,9 @@
 //! behind it.
 //!
 //! [`ClusterSource::start`] runs one kube-runtime reflector per kind that
-//! the policies look up. A `Freshness::Cached` lookup is answered from the
-//! kind's store once its first list has completed; a miss, an unsynced
-//! store or a list the store cannot answer completely is read live, as is
+//! the policies look up. A `Freshness::Cached` lookup is served from the
+//! kind's store once its first list has completed. A miss, an unsynced
+//! store or a list the store may not contain in full is read live, as is
 //! every `Freshness::Live` lookup.
 
 use std::collections::BTreeMap;
@@ -131,7 +131,7 @@ impl ClusterSource {
         }
     }
 
-    /// The watches after merging, one per kind.
+    /// Returns the watches after merging, one per kind.
     pub fn watched_kinds(&self) -> Vec<WatchRequirement> {
         self.watched.iter().map(|w| w.requirement.clone()).collect()
     }
@@ -165,17 +165,18 @@ impl ClusterSource {
         Some(object.json().clone())
     }
 
-    /// Lists from the store when it holds every object the list selects:
-    /// the store has synced and the list's selector implies the watch's.
+    /// Lists from the store when it contains every object the list selects,
+    /// that is when the store has synced and the list's selector implies
+    /// the watch's.
     fn cached_list(&self, target: &ListRef) -> Option<Vec<Arc<Value>>> {
         let watched = self.find_watched(&target.api_version, &target.kind)?;
         let scope = watched.list_scope.as_ref()?;
         let reflected = watched.synced_store()?;
-        let wanted = match target.label_selector.as_deref() {
+        let requested = match target.label_selector.as_deref() {
             Some(text) => selector::parse(text).ok()?,
             None => Default::default(),
         };
-        if !selector::implies(&wanted, scope) {
+        if !selector::implies(&requested, scope) {
             return None;
         }
         let namespace = target
@@ -184,7 +185,7 @@ impl ClusterSource {
             .filter(|_| reflected.kind.namespaced);
         let objects = reflected.store.state_filter(|object| {
             let in_namespace = namespace.is_none() || object.namespace().as_deref() == namespace;
-            in_namespace && wanted.matches(object.labels())
+            in_namespace && requested.matches(object.labels())
         });
         Some(objects.iter().map(|o| o.json().clone()).collect())
     }
@@ -338,8 +339,8 @@ fn describe_kinds(watched: &[Arc<WatchedKind>]) -> String {
     names.join(", ")
 }
 
-/// One requirement per kind: the same selectors are kept, different ones
-/// are dropped so the single watch covers every lookup of the kind.
+/// Merges requirements into one per kind. Identical selectors are kept,
+/// different ones are dropped so the single watch covers every lookup.
 fn merge_requirements(requirements: Vec<WatchRequirement>) -> Vec<WatchRequirement> {
     let mut by_kind: BTreeMap<(String, String), WatchRequirement> = BTreeMap::new();
     for requirement in requirements {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-/// Where to look for a cluster configuration.
+/// The places to look for a cluster configuration.
 ///
 /// Tests build this by hand so that nothing from the machine's own
 /// environment is read.
@@ -39,7 +39,7 @@ impl ConfigSearch {
     }
 }
 
-/// Where a cluster configuration came from.
+/// The source of a cluster configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigOrigin {
     Kubeconfig {
@@ -58,8 +58,8 @@ pub struct FoundCluster {
     pub origin: ConfigOrigin,
 }
 
-/// Builds a client from the first configuration found, logging which one at
-/// info, or why none is used at warn or info; `None` when there is none.
+/// Builds a client from the first configuration found and logs which one at
+/// info. Returns `None` when there is none or it is unusable, and logs why.
 pub async fn find_cluster(search: &ConfigSearch) -> Option<FoundCluster> {
     let (named, paths) = kubeconfig_paths(search);
     let existing: Vec<PathBuf> = paths.into_iter().filter(|p| p.is_file()).collect();
@@ -79,7 +79,7 @@ pub async fn find_cluster(search: &ConfigSearch) -> Option<FoundCluster> {
     None
 }
 
-/// The kubeconfig paths to try, and whether `KUBECONFIG` named them.
+/// Lists the kubeconfig paths to try, and whether `KUBECONFIG` named them.
 fn kubeconfig_paths(search: &ConfigSearch) -> (bool, Vec<PathBuf>) {
     if let Some(value) = search.kubeconfig_env.as_ref().filter(|v| !v.is_empty()) {
         let paths = std::env::split_paths(value)
@@ -185,8 +185,8 @@ fn connect(config: Config, origin: ConfigOrigin) -> Option<FoundCluster> {
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
-    let shown: Vec<String> = paths.iter().map(|p| Path::display(p).to_string()).collect();
-    shown.join(", ")
+    let displayed: Vec<String> = paths.iter().map(|p| Path::display(p).to_string()).collect();
+    displayed.join(", ")
 }
 
 #[cfg(test)]
@@ -195,8 +195,9 @@ mod tests {
 
     use super::*;
 
-    /// A kubeconfig whose only cluster is on loopback, on a port where
-    /// nothing listens: building a client does not connect.
+    /// Returns a kubeconfig whose only cluster is on loopback, on a port
+    /// where nothing listens, which is safe because building a client does
+    /// not connect.
     fn loopback_kubeconfig(context: &str, port: u16) -> String {
         format!(
             "apiVersion: v1
@@ -299,7 +300,7 @@ users:
     }
 
     #[tokio::test]
-    async fn missing_named_file_does_not_fall_back_to_home() {
+    async fn missing_named_file_skips_home() {
         let home = scratch_dir();
         write_home_config(&home, &loopback_kubeconfig("home", 1));
         let search = ConfigSearch {

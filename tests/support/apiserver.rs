@@ -3,7 +3,7 @@
 //! state machine) without a cluster.
 //!
 //! It serves HTTPS on `127.0.0.1` with a certificate from a test CA made at
-//! start, and answers what a kube-rs 5 watcher and `Api` send: discovery of
+//! start, and serves the requests a kube-rs 5 watcher and `Api` send: discovery of
 //! a group version, GET of one object, LIST with `labelSelector` and
 //! `resourceVersion`, and WATCH as a chunked stream of one JSON event per
 //! line (ADDED, MODIFIED, DELETED, BOOKMARK, and ERROR carrying a 410
@@ -45,18 +45,18 @@ use selectors::{FieldFilter, LabelFilter};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/apiserver");
 
-/// The text of a recorded response.
+/// Reads a recorded response.
 pub fn fixture(name: &str) -> String {
     let path = format!("{FIXTURES}/{name}");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 
-/// A recorded response body parsed as JSON.
+/// Reads a recorded response body and parses it as JSON.
 pub fn fixture_json(name: &str) -> Value {
     serde_json::from_str(&fixture(name)).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
 }
 
-/// The events of a recorded watch stream, one per line.
+/// Reads the events of a recorded watch stream, one per line.
 pub fn fixture_events(name: &str) -> Vec<Value> {
     fixture(name)
         .lines()
@@ -150,11 +150,11 @@ struct State {
     watches: Vec<OpenWatch>,
     next_watch_id: u64,
     hold_events: bool,
-    held: Vec<(u64, Bytes)>,
+    held_lines: Vec<(u64, Bytes)>,
     gone_next_watches: usize,
     response_delay: Option<Duration>,
-    refuse: bool,
-    refused_connections: usize,
+    drop_connections: bool,
+    dropped_connections: usize,
     requests: Vec<RecordedRequest>,
     unexpected: Vec<String>,
 }
@@ -229,7 +229,7 @@ impl ApiServer {
         format!("https://{}", self.address)
     }
 
-    /// A kube client configuration that trusts only the test CA.
+    /// Returns a kube client configuration that trusts only the test CA.
     pub fn config(&self) -> kube::Config {
         let url = self.url().parse().expect("loopback URL");
         let mut config = kube::Config::new(url);
@@ -242,7 +242,7 @@ impl ApiServer {
         kube::Client::try_from(self.config()).expect("kube client for the stand-in")
     }
 
-    /// A kubeconfig whose current context is this server.
+    /// Returns a kubeconfig whose current context is this server.
     pub fn kubeconfig_yaml(&self) -> String {
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         format!(
@@ -327,8 +327,8 @@ users:
     }
 
     /// Applies an ADDED, MODIFIED or DELETED event under the next
-    /// resourceVersion and sends it to every open watch it matches (or holds
-    /// it back, see [`ApiServer::hold_watch_events`]). Returns that version.
+    /// resourceVersion and sends it to every open watch it matches, unless
+    /// [`ApiServer::hold_watch_events`] is on. Returns that version.
     pub fn push_event(&self, event_type: &str, mut object: Value) -> u64 {
         let mut state = self.shared.state();
         let kind_index = state.kind_index_of(&object);
@@ -377,8 +377,8 @@ users:
         }
     }
 
-    /// From now on, events reach the store but not the open watches, as
-    /// with a watch that lags behind.
+    /// Keeps new events from the open watches while the store still
+    /// changes, as with a watch that lags behind.
     pub fn hold_watch_events(&self) {
         self.shared.state().hold_events = true;
     }
@@ -387,8 +387,8 @@ users:
     pub fn release_watch_events(&self) {
         let mut state = self.shared.state();
         state.hold_events = false;
-        let held = std::mem::take(&mut state.held);
-        for (id, line) in held {
+        let held_lines = std::mem::take(&mut state.held_lines);
+        for (id, line) in held_lines {
             if let Some(watch) = state.watches.iter().find(|w| w.id == id) {
                 let _ = watch.sender.unbounded_send(Ok(Frame::data(line)));
             }
@@ -409,15 +409,15 @@ users:
         }
     }
 
-    /// Answers the next `count` watch requests with an ERROR event carrying
-    /// a 410 Status, whatever resourceVersion they ask for.
+    /// Makes the next `count` watch requests get an ERROR event carrying a
+    /// 410 Status, whatever resourceVersion they request.
     pub fn answer_next_watches_with_gone(&self, count: usize) {
         self.shared.state().gone_next_watches += count;
     }
 
     /// Cuts every open watch in the middle of an event line: the stream
-    /// gets the first half of a line and then the connection is reset
-    /// without the final chunk.
+    /// gets the first half of a line, then the connection closes without
+    /// the final chunk or a TLS close_notify.
     pub fn cut_watches(&self) {
         let watches = std::mem::take(&mut self.shared.state().watches);
         for watch in watches {
@@ -434,16 +434,16 @@ users:
         self.shared.state().watches.clear();
     }
 
-    /// Waits this long before answering each request, or not at all.
+    /// Delays the response to each new request by this long, or not at all.
     pub fn delay_responses(&self, delay: Option<Duration>) {
         self.shared.state().response_delay = delay;
     }
 
-    /// While on, new connections are closed before the TLS handshake, and
-    /// turning it on closes the open ones.
-    pub fn refuse_connections(&self, refuse: bool) {
-        self.shared.state().refuse = refuse;
-        if refuse {
+    /// While on, each new connection is accepted and closed before the TLS
+    /// handshake, and turning it on closes the open ones.
+    pub fn drop_connections(&self, drop_them: bool) {
+        self.shared.state().drop_connections = drop_them;
+        if drop_them {
             self.shared.state().watches.clear();
             self.shared.close_connections();
         }
@@ -474,8 +474,8 @@ users:
         self.shared.state().unexpected.clone()
     }
 
-    pub fn refused_connections(&self) -> usize {
-        self.shared.state().refused_connections
+    pub fn dropped_connections(&self) -> usize {
+        self.shared.state().dropped_connections
     }
 
     pub fn open_watches(&self) -> usize {
@@ -549,7 +549,7 @@ impl State {
 
     fn send_or_hold(&mut self, id: u64, sender: &WatchSender, line: Bytes) {
         if self.hold_events {
-            self.held.push((id, line));
+            self.held_lines.push((id, line));
         } else {
             let _ = sender.unbounded_send(Ok(Frame::data(line)));
         }
@@ -586,8 +586,8 @@ fn event_line(event: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-/// The recorded ERROR event for a compacted resourceVersion, with the
-/// versions of this run.
+/// Builds the recorded ERROR event for a compacted resourceVersion, with
+/// the versions of this run.
 fn too_old_event(requested: u64, current: u64) -> Value {
     let mut event = fixture_events("watch-too-old.ndjson").remove(0);
     event["object"]["message"] =

@@ -29,12 +29,12 @@ pub struct LiveReadLabels {
     pub result: String,
 }
 
-/// How a lookup was answered.
+/// The way a lookup was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupOutcome {
     /// From the watch cache.
     Hit,
-    /// Not in the cache (or the cache could not answer), read live.
+    /// Not in the cache, or the cache could not serve it, so read live.
     Miss,
     /// A `Freshness::Live` read that succeeded.
     Confirmed,

@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 
 /// A Kubernetes object of any kind, kept as JSON.
 ///
-/// `metadata` holds a copy of the name, namespace, uid, resourceVersion and
-/// labels, which the reflector keys on and the cache filters on; the
+/// `metadata` contains a copy of the name, namespace, uid, resourceVersion
+/// and labels, which the reflector keys on and the cache filters on. The
 /// object itself is `json`, untouched by a typed round trip.
 #[derive(Clone, Debug)]
 pub struct RawObject {

@@ -38,8 +38,8 @@ pub fn parse(selector: &str) -> Result<Selector, SelectorError> {
     Ok(expressions.into_iter().collect())
 }
 
-/// Whether every object that `narrower` selects is also selected by
-/// `wider`, judged conservatively: true when each requirement of `wider`
+/// Checks that every object `narrower` selects is also selected by `wider`.
+/// The check is conservative: it holds when each requirement of `wider`
 /// appears in `narrower` as written.
 pub fn implies(narrower: &Selector, wider: &Selector) -> bool {
     let narrower: Vec<Expression> = narrower.clone().into_iter().collect();

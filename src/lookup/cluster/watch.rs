@@ -25,9 +25,9 @@ use super::selector;
 /// A kind the source watches, shared between its watch task and lookups.
 pub struct WatchedKind {
     pub requirement: WatchRequirement,
-    /// The label selector the cache is complete for, or `None` when the
-    /// cache cannot answer a list: the watch has a field selector (which a
-    /// `ListRef` cannot carry) or a label selector this module cannot parse.
+    /// The label selector the cache is complete for. `None` means lists are
+    /// read live, because the watch has a field selector (which a `ListRef`
+    /// cannot carry) or a label selector this module cannot parse.
     pub list_scope: Option<Selector>,
     pub labels: KindLabels,
     pub reflected: OnceLock<Reflected>,
@@ -58,7 +58,7 @@ impl WatchedKind {
         }
     }
 
-    /// The store, once its first list has completed.
+    /// Returns the store once its first list has completed.
     pub fn synced_store(&self) -> Option<&Reflected> {
         if !self.synced.load(Ordering::Acquire) {
             return None;
@@ -66,7 +66,7 @@ impl WatchedKind {
         self.reflected.get()
     }
 
-    /// Why the kind is not synced yet, or `None` when it is.
+    /// Returns why the kind is not synced yet, or `None` when it is.
     pub fn pending_reason(&self) -> Option<String> {
         if self.synced.load(Ordering::Acquire) {
             return None;
@@ -125,7 +125,7 @@ fn list_scope(requirement: &WatchRequirement) -> Option<Selector> {
     }
 }
 
-/// What a watch task needs besides its kind.
+/// The shared handles a watch task uses besides its kind.
 pub struct WatchContext {
     pub client: Client,
     pub kinds: Arc<KindCache>,
@@ -141,7 +141,7 @@ pub async fn run(watched: Arc<WatchedKind>, context: WatchContext) {
     let writer = Writer::new(kind.resource.clone());
     let store = writer.as_reader();
     let resource = kind.resource.clone();
-    // A second set cannot happen: this task is the only writer.
+    // Only this task sets `reflected`, once, so the set cannot fail.
     let _ = watched.reflected.set(Reflected {
         kind,
         store: store.clone(),
@@ -169,9 +169,9 @@ pub async fn run(watched: Arc<WatchedKind>, context: WatchContext) {
 
 /// List-then-watch, narrowed by the requirement's selectors.
 ///
-/// Streaming lists (`sendInitialEvents=true`) are not used: API servers on
-/// etcd 3.4 answer them with an ERROR event because the storage feature
-/// `RequestWatchProgress` is missing.
+/// Streaming lists (`sendInitialEvents=true`) are not used, because API
+/// servers on etcd 3.4 reject them with an ERROR event: the storage feature
+/// `RequestWatchProgress` is missing there.
 fn watcher_config(requirement: &WatchRequirement) -> watcher::Config {
     watcher::Config {
         initial_list_strategy: InitialListStrategy::ListWatch,

@@ -1,5 +1,5 @@
 //! The HTTP side of the stand-in: TLS connections, routing, and the GET,
-//! LIST, WATCH and discovery answers.
+//! LIST, WATCH and discovery responses.
 
 use std::convert::Infallible;
 use std::io;
@@ -33,8 +33,8 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Weak<Shared>) {
         };
         {
             let mut state = shared.state();
-            if state.refuse {
-                state.refused_connections += 1;
+            if state.drop_connections {
+                state.dropped_connections += 1;
                 drop(tcp);
                 continue;
             }
@@ -335,8 +335,8 @@ fn get_object(
 
 type Param<'a> = dyn Fn(&str) -> Option<&'a str> + 'a;
 
-/// The request's selectors; an unserved one is recorded as unexpected and
-/// returned as the reason.
+/// Parses the request's selectors. An unserved one is recorded as
+/// unexpected and returned as the error.
 fn filters(state: &mut State, param: &Param<'_>) -> Result<(LabelFilter, FieldFilter), String> {
     let labels = LabelFilter::parse(param("labelSelector").unwrap_or_default());
     let fields = FieldFilter::parse(param("fieldSelector").unwrap_or_default());
@@ -413,7 +413,7 @@ fn stream_response(
         .expect("static response parts")
 }
 
-/// A watch response that sends one recorded event and ends.
+/// Builds a watch response that sends one recorded event and ends.
 fn single_event_stream(event: &Value) -> Response<Body> {
     let (sender, receiver) = mpsc::unbounded();
     let _ = sender.unbounded_send(Ok(Frame::data(event_line(event))));
