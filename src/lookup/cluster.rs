@@ -309,6 +309,9 @@ impl ObjectSource for ClusterSource {
         })
     }
 
+    // NOTE: once a kind has listed, it stays ready while its watch fails
+    // and restarts, and the cache serves what it last saw. Callers that
+    // must not act on stale data ask for `Freshness::Live`.
     fn ready(&self) -> Result<(), String> {
         let pending: Vec<String> = self
             .watched

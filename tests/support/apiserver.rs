@@ -3,11 +3,11 @@
 //! state machine) without a cluster.
 //!
 //! It serves HTTPS on `127.0.0.1` with a certificate from a test CA made at
-//! start, and serves the requests a kube-rs 5 watcher and `Api` send: discovery of
-//! a group version, GET of one object, LIST with `labelSelector` and
-//! `resourceVersion`, and WATCH as a chunked stream of one JSON event per
-//! line (ADDED, MODIFIED, DELETED, BOOKMARK, and ERROR carrying a 410
-//! Status). Objects, list bodies and the ERROR and Status bodies come from
+//! start. It handles the requests a kube-rs 5 watcher and `Api` send:
+//! discovery of a group version, GET of one object, LIST with
+//! `labelSelector` and `resourceVersion`, and WATCH. A watch is a chunked
+//! stream of one JSON event per line (ADDED, MODIFIED, DELETED, BOOKMARK,
+//! and ERROR carrying a 410 Status). Objects, list bodies and the ERROR and Status bodies come from
 //! the recorded API server responses in `tests/fixtures/apiserver/`.
 //!
 //! A test scripts it: push events, hold them back from open watches (a

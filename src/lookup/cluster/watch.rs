@@ -229,9 +229,13 @@ fn mark_listed(watched: &WatchedKind, context: &WatchContext, objects: usize) {
     }
 }
 
-/// Logs and counts one failure of the watcher, after which it restarts:
-/// a 410 Gone or a failed list leads to a fresh list, other failures to a
+/// Logs and counts one failure of the watcher, after which it restarts.
+/// A 410 Gone or a failed list leads to a fresh list, other failures to a
 /// new watch from the last resourceVersion.
+///
+/// NOTE: kube-runtime 5 resumes a watch whose stream ended, cleanly or with
+/// an unexpected EOF, without yielding an error, so those resumptions are
+/// neither logged here nor counted.
 fn log_restart(watched: &WatchedKind, context: &WatchContext, error: &watcher::Error) {
     let restarts = context.metrics.record_watch_restart(&watched.labels);
     let relist = match error {

@@ -420,6 +420,8 @@ fn single_event_stream(event: &Value) -> Response<Body> {
     stream_response(receiver)
 }
 
+/// Opens a watch from the requested resourceVersion, or ends it at once
+/// with the recorded ERROR event for streaming lists or for 410 Gone.
 fn start_watch(
     shared: &Arc<Shared>,
     state: &mut State,
@@ -431,16 +433,19 @@ fn start_watch(
         // As recorded from an API server on etcd 3.4.
         return single_event_stream(&fixture_events("watch-streaming-list.ndjson")[0]);
     }
+
     let requested = param("resourceVersion").unwrap_or("0");
     let from: u64 = requested.parse().unwrap_or(0);
     if state.gone_next_watches > 0 || (requested != "0" && from < state.compacted) {
         state.gone_next_watches = state.gone_next_watches.saturating_sub(1);
         return single_event_stream(&too_old_event(from, state.resource_version));
     }
+
     let (labels, fields) = match filters(state, param) {
         Ok(filters) => filters,
         Err(reason) => return bad_request(&reason),
     };
+
     let (sender, receiver) = mpsc::unbounded();
     state.next_watch_id += 1;
     let watch = OpenWatch {
