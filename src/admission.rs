@@ -103,9 +103,10 @@ impl Review {
         };
         let object = take_object(&mut request, "object")?;
         let old_object = take_object(&mut request, "oldObject")?;
-        let mut header = AdmissionRequest::<DynamicObject>::deserialize(&request).map_err(|error| {
-            RequestError::bad_request(format!("AdmissionReview request is invalid: {error}"))
-        })?;
+        let mut header =
+            AdmissionRequest::<DynamicObject>::deserialize(&request).map_err(|error| {
+                RequestError::bad_request(format!("AdmissionReview request is invalid: {error}"))
+            })?;
         if header.uid.is_empty() {
             return Err(RequestError::bad_request(
                 "AdmissionReview request has an empty uid; the response must echo it",
@@ -166,7 +167,11 @@ pub fn operation_name(operation: &Operation) -> &'static str {
     }
 }
 
-fn check_type_field(found: Option<&Value>, field: &str, expected: &str) -> Result<(), RequestError> {
+fn check_type_field(
+    found: Option<&Value>,
+    field: &str,
+    expected: &str,
+) -> Result<(), RequestError> {
     match found {
         Some(Value::String(value)) if value == expected => Ok(()),
         Some(Value::String(value)) => Err(RequestError::bad_request(format!(
@@ -238,12 +243,10 @@ impl Verdict {
         let mut response = AdmissionResponse::from(&review.header);
         if let Some(denial) = self.denial {
             response.allowed = false;
-            response.result = Status::failure(&denial.message, &denial.reason).with_code(denial.code);
+            response.result =
+                Status::failure(&denial.message, &denial.reason).with_code(denial.code);
         } else if !self.patch.is_empty() {
-            match response
-                .clone()
-                .with_patch(json_patch::Patch(self.patch))
-            {
+            match response.clone().with_patch(json_patch::Patch(self.patch)) {
                 Ok(patched) => response = patched,
                 Err(error) => {
                     // Serialising a patch of JSON values cannot fail, but if it

@@ -119,7 +119,10 @@ struct CertsArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Serve(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: failed to start the async runtime: {error}");
@@ -175,7 +178,8 @@ async fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
     let source: Arc<dyn ObjectSource> = Arc::new(FileSource::load(&context)?);
     let engine = Engine::new(policies, source, Arc::new(Metrics::new()));
     for file in files {
-        let body = std::fs::read(&file).with_context(|| format!("failed to read {}", file.display()))?;
+        let body =
+            std::fs::read(&file).with_context(|| format!("failed to read {}", file.display()))?;
         let output = review_one(&engine, &body, endpoint, explain)
             .await
             .with_context(|| format!("{} is not a usable AdmissionReview", file.display()))?;
@@ -186,7 +190,12 @@ async fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn review_one(engine: &Engine, body: &[u8], endpoint: EndpointArg, explain: bool) -> anyhow::Result<Value> {
+async fn review_one(
+    engine: &Engine,
+    body: &[u8],
+    endpoint: EndpointArg,
+    explain: bool,
+) -> anyhow::Result<Value> {
     let mut review = Review::parse(body).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let mut output = json!({});
     if matches!(endpoint, EndpointArg::Both | EndpointArg::Mutate) {
@@ -231,7 +240,11 @@ async fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     });
     let results = crate::suite::run_dir(&dir, &set, explain).await?;
     let failed = crate::suite::report(&results);
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn certs(args: CertsArgs) -> anyhow::Result<ExitCode> {

@@ -38,7 +38,11 @@ pub struct Decision {
 }
 
 impl Engine {
-    pub fn new(policies: PolicySet, source: Arc<dyn ObjectSource>, metrics: Arc<Metrics>) -> Engine {
+    pub fn new(
+        policies: PolicySet,
+        source: Arc<dyn ObjectSource>,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
         metrics.set_policies_loaded(policies.len());
         Engine {
             policies: RwLock::new(Arc::new(policies)),
@@ -48,7 +52,11 @@ impl Engine {
     }
 
     /// Like [`Engine::new`], sharing a policy set that is already loaded.
-    pub fn new_shared(policies: Arc<PolicySet>, source: Arc<dyn ObjectSource>, metrics: Arc<Metrics>) -> Engine {
+    pub fn new_shared(
+        policies: Arc<PolicySet>,
+        source: Arc<dyn ObjectSource>,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
         metrics.set_policies_loaded(policies.len());
         Engine {
             policies: RwLock::new(policies),
@@ -58,7 +66,10 @@ impl Engine {
     }
 
     pub fn policies(&self) -> Arc<PolicySet> {
-        self.policies.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the policy set; requests already running finish on the old one.
@@ -78,8 +89,11 @@ impl Engine {
             Endpoint::Validate => PolicyKind::ValidatingPolicy,
             Endpoint::Mutate => PolicyKind::MutatingPolicy,
         };
-        let selected: Vec<&Arc<CompiledPolicy>> =
-            policies.policies().iter().filter(|p| p.kind == kind).collect();
+        let selected: Vec<&Arc<CompiledPolicy>> = policies
+            .policies()
+            .iter()
+            .filter(|p| p.kind == kind)
+            .collect();
         let mut decision = Decision {
             verdict: Verdict::default(),
             traces: Vec::new(),
@@ -133,10 +147,17 @@ impl Engine {
             ..PolicyTrace::default()
         });
         let source = self.source.as_ref();
-        let (mut outcome, used_cache) =
-            evaluate::evaluate(policy, review, object, source, Freshness::Cached, &mut trace).await;
+        let (mut outcome, used_cache) = evaluate::evaluate(
+            policy,
+            review,
+            object,
+            source,
+            Freshness::Cached,
+            &mut trace,
+        )
+        .await;
         let denied = matches!(&outcome, Outcome::Applied(e) if e.denial.is_some())
-            || matches!(outcome, Outcome::Failed(_));
+            || matches!(outcome, Outcome::Failed(Failure::Expression { .. }));
         if denied && used_cache {
             // A deny that rests on cached objects is checked against the
             // API server first, so a cache that lags never keeps a pod out
@@ -146,10 +167,26 @@ impl Engine {
                 confirmed_live: true,
                 ..PolicyTrace::default()
             });
-            let (live, _) =
-                evaluate::evaluate(policy, review, object, source, Freshness::Live, &mut live_trace).await;
-            outcome = live;
-            trace = live_trace;
+            let (live, _) = evaluate::evaluate(
+                policy,
+                review,
+                object,
+                source,
+                Freshness::Live,
+                &mut live_trace,
+            )
+            .await;
+            if let Outcome::Failed(Failure::Lookup { target, error }) = &live {
+                // The cached answer already denies; an API server that
+                // cannot be reached only means it stays unconfirmed.
+                tracing::warn!(
+                    uid = review.uid(), policy = %policy.name, %target, %error,
+                    "could not confirm a cached denial with a live read; denying"
+                );
+            } else {
+                outcome = live;
+                trace = live_trace;
+            }
         }
         if let Some(trace) = trace {
             decision.traces.push(trace);
@@ -215,7 +252,11 @@ impl Engine {
     }
 
     /// Parses, decides and encodes one AdmissionReview body.
-    pub async fn review_body(&self, endpoint: Endpoint, body: &[u8]) -> Result<Vec<u8>, RequestError> {
+    pub async fn review_body(
+        &self,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<Vec<u8>, RequestError> {
         let started = Instant::now();
         let review = match Review::parse(body) {
             Ok(review) => review,
@@ -236,7 +277,11 @@ impl Engine {
             "allow"
         };
         let latency = started.elapsed();
-        let message = verdict.denial.as_ref().map(|d| d.message.as_str()).unwrap_or("");
+        let message = verdict
+            .denial
+            .as_ref()
+            .map(|d| d.message.as_str())
+            .unwrap_or("");
         if verdict.allowed() {
             tracing::debug!(
                 uid = review.uid(), endpoint = %endpoint, kind = review.kind(),

@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub mod cluster;
+pub mod config;
+
 pub use files::{ContextError, FileSource};
 
 /// One object to get.
@@ -75,6 +78,10 @@ pub enum LookupError {
     Api { code: u16, message: String },
     #[error("kind {kind} of apiVersion {api_version} is not served by this lookup source")]
     UnknownKind { api_version: String, kind: String },
+    #[error("the Kubernetes API server sent a response that could not be decoded: {0}")]
+    InvalidResponse(String),
+    #[error("kind {kind} is namespaced, so the lookup of {name:?} needs a namespace")]
+    MissingNamespace { kind: String, name: String },
 }
 
 /// A source of cluster objects for lookups.

@@ -11,8 +11,8 @@ mod load;
 mod model;
 
 pub use compile::{
-    CompileError, CompiledLookup, CompiledPolicy, LookupTarget, Mutation, Params, PolicySet, Validation,
-    Variable,
+    CompileError, CompiledLookup, CompiledPolicy, LookupTarget, Mutation, Params, PolicySet,
+    Validation, Variable,
 };
 pub use load::{embedded_sources, load_dir, load_embedded, load_sources, LoadError, PolicySource};
 pub use model::*;

@@ -8,9 +8,16 @@ use anyhow::Context as _;
 
 use crate::cli::{load_policies, ServeArgs};
 use crate::engine::Engine;
+use crate::lookup::cluster::{ClusterMetrics, ClusterOptions, ClusterSource};
+use crate::lookup::config::{find_cluster, ConfigSearch};
 use crate::lookup::{FileSource, ObjectSource};
 use crate::metrics::Metrics;
 use crate::server::{self, ServerOptions};
+
+/// Time a live read of the API server may take. A deny is confirmed by
+/// live reads and each policy reads in turn, so this stays well under the
+/// server's 4 s request timeout.
+const LIVE_READ_BUDGET: Duration = Duration::from_secs(1);
 
 /// How often the policy folder is checked for changes.
 const POLICY_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -33,7 +40,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "loaded policies"
     );
     let source = lookup_source(&context, no_cluster, &policy_set, &metrics).await?;
-    tracing::info!(lookups = %source.describe(), "lookup source ready to start");
     let engine = Arc::new(Engine::new(policy_set, source, metrics.clone()));
 
     let certificates = crate::tls::ensure_dev_certificates(&cert_dir)
@@ -46,7 +52,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let shutdown = shutdown_signal();
-    let reload = policies.map(|dir| tokio::spawn(watch_policies(dir, engine.clone(), metrics.clone())));
+    let reload =
+        policies.map(|dir| tokio::spawn(watch_policies(dir, engine.clone(), metrics.clone())));
     let options = ServerOptions {
         listen,
         cert_file: certificates.cert_file,
@@ -61,16 +68,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     result.map_err(Into::into)
 }
 
+/// The cluster's watch cache when a kubeconfig or in-cluster config is
+/// found, else the `--context` files.
 async fn lookup_source(
     context: &[PathBuf],
     no_cluster: bool,
-    _policies: &crate::policy::PolicySet,
-    _metrics: &Arc<Metrics>,
+    policies: &crate::policy::PolicySet,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn ObjectSource>> {
-    let _ = no_cluster;
+    if !no_cluster {
+        if let Some(found) = find_cluster(&ConfigSearch::from_env()).await {
+            if !context.is_empty() {
+                tracing::warn!("a cluster was found, so --context files are not used; pass --no-cluster to use them");
+            }
+            let requirements = policies.watch_requirements();
+            let options = ClusterOptions {
+                live_read_budget: LIVE_READ_BUDGET,
+                server_url: found.server_url.clone(),
+                metrics: ClusterMetrics::register(metrics),
+            };
+            let source = ClusterSource::start(found.client, requirements, options);
+            tracing::info!(source = %source.describe(), "serving lookups from the cluster");
+            return Ok(Arc::new(source));
+        }
+    }
     let files = FileSource::load(context).context("failed to read --context")?;
     if context.is_empty() {
-        tracing::warn!("no cluster and no --context: every lookup finds nothing");
+        tracing::warn!("no cluster found and no --context given: every lookup finds nothing, so pods that mount a claim are denied as the claim is missing");
+    } else {
+        tracing::info!(source = %files.describe(), "serving lookups from --context files");
     }
     Ok(Arc::new(files))
 }

@@ -74,7 +74,9 @@ pub struct Expect {
     pub audit_annotations: Vec<String>,
 }
 
-fn some_value<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+fn some_value<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Value>, D::Error> {
     Value::deserialize(deserializer).map(Some)
 }
 
@@ -87,15 +89,27 @@ pub struct CaseResult {
 }
 
 /// Runs every `*.yaml` suite in `dir` against `policies`.
-pub async fn run_dir(dir: &Path, policies: &Arc<PolicySet>, explain: bool) -> anyhow::Result<Vec<CaseResult>> {
+pub async fn run_dir(
+    dir: &Path,
+    policies: &Arc<PolicySet>,
+    explain: bool,
+) -> anyhow::Result<Vec<CaseResult>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("failed to read test folder {}: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|path| {
+            matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            )
+        })
         .collect();
     files.sort();
     if files.is_empty() {
-        anyhow::bail!("no test suites (*.yaml) in {}; point `test` at a folder of suites", dir.display());
+        anyhow::bail!(
+            "no test suites (*.yaml) in {}; point `test` at a folder of suites",
+            dir.display()
+        );
     }
     let mut results = Vec::new();
     for file in files {
@@ -105,16 +119,22 @@ pub async fn run_dir(dir: &Path, policies: &Arc<PolicySet>, explain: bool) -> an
 }
 
 /// Runs one suite file.
-pub async fn run_file(file: &Path, policies: &Arc<PolicySet>, explain: bool) -> anyhow::Result<Vec<CaseResult>> {
+pub async fn run_file(
+    file: &Path,
+    policies: &Arc<PolicySet>,
+    explain: bool,
+) -> anyhow::Result<Vec<CaseResult>> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("failed to read test suite {}: {e}", file.display()))?;
     let suite: Suite = serde_yaml_ng::from_str(&text)
         .map_err(|e| anyhow::anyhow!("test suite {} is invalid: {e}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new("."));
-    let prefix = suite
-        .name
-        .clone()
-        .unwrap_or_else(|| file.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+    let prefix = suite.name.clone().unwrap_or_else(|| {
+        file.file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
     let mut results = Vec::new();
     for case in &suite.cases {
         let name = format!("{prefix}::{}", case.name);
@@ -127,23 +147,36 @@ pub async fn run_file(file: &Path, policies: &Arc<PolicySet>, explain: bool) -> 
     Ok(results)
 }
 
-async fn run_case(case: &Case, base: &Path, policies: &Arc<PolicySet>, explain: bool) -> anyhow::Result<Vec<String>> {
+async fn run_case(
+    case: &Case,
+    base: &Path,
+    policies: &Arc<PolicySet>,
+    explain: bool,
+) -> anyhow::Result<Vec<String>> {
     let review_path = base.join(&case.review);
     let mut body: Value = serde_json::from_slice(
-        &std::fs::read(&review_path).map_err(|e| anyhow::anyhow!("failed to read {}: {e}", review_path.display()))?,
+        &std::fs::read(&review_path)
+            .map_err(|e| anyhow::anyhow!("failed to read {}: {e}", review_path.display()))?,
     )?;
     if !case.modify.is_empty() {
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(case.modify.clone()))
             .map_err(|e| anyhow::anyhow!("modify is not a JSON Patch: {e}"))?;
         json_patch::patch(&mut body, &patch).map_err(|e| anyhow::anyhow!("modify failed: {e}"))?;
     }
-    let mut source = FileSource::load(&case.context.iter().map(|c| base.join(c)).collect::<Vec<_>>())?;
+    let mut source = FileSource::load(
+        &case
+            .context
+            .iter()
+            .map(|c| base.join(c))
+            .collect::<Vec<_>>(),
+    )?;
     if !case.objects.is_empty() {
         let inline = FileSource::from_objects(case.objects.clone())?;
         source.merge(inline);
     }
     let engine = Engine::new_shared(policies.clone(), Arc::new(source), Arc::new(Metrics::new()));
-    let review = Review::parse(&serde_json::to_vec(&body)?).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let review =
+        Review::parse(&serde_json::to_vec(&body)?).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let endpoint = match case.endpoint {
         EndpointName::Validate => Endpoint::Validate,
         EndpointName::Mutate => Endpoint::Mutate,
@@ -151,7 +184,10 @@ async fn run_case(case: &Case, base: &Path, policies: &Arc<PolicySet>, explain: 
     let decision = engine.decide(endpoint, &review, explain).await;
     if explain {
         for trace in &decision.traces {
-            println!("{}", serde_json::to_string_pretty(trace).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(trace).unwrap_or_default()
+            );
         }
     }
     let mut failures = Vec::new();
@@ -162,7 +198,11 @@ async fn run_case(case: &Case, base: &Path, policies: &Arc<PolicySet>, explain: 
             "expected allowed: {}, got allowed: {}{}",
             expect.allowed,
             verdict.allowed(),
-            verdict.denial.as_ref().map(|d| format!(" with message: {}", d.message)).unwrap_or_default()
+            verdict
+                .denial
+                .as_ref()
+                .map(|d| format!(" with message: {}", d.message))
+                .unwrap_or_default()
         ));
     }
     if let Some(code) = expect.code {
@@ -171,22 +211,37 @@ async fn run_case(case: &Case, base: &Path, policies: &Arc<PolicySet>, explain: 
             failures.push(format!("expected code {code}, got {got}"));
         }
     }
-    let message = verdict.denial.as_ref().map(|d| d.message.as_str()).unwrap_or("");
+    let message = verdict
+        .denial
+        .as_ref()
+        .map(|d| d.message.as_str())
+        .unwrap_or("");
     for part in &expect.message {
         if !message.contains(part.as_str()) {
-            failures.push(format!("expected the message to contain {part:?}\n  message: {message:?}"));
+            failures.push(format!(
+                "expected the message to contain {part:?}\n  message: {message:?}"
+            ));
         }
     }
     if let Some(warnings) = &expect.warnings {
         if warnings.len() != verdict.warnings.len()
-            || warnings.iter().zip(&verdict.warnings).any(|(e, g)| !g.contains(e.as_str()))
+            || warnings
+                .iter()
+                .zip(&verdict.warnings)
+                .any(|(e, g)| !g.contains(e.as_str()))
         {
-            failures.push(format!("expected warnings containing {warnings:?}\n  got: {:?}", verdict.warnings));
+            failures.push(format!(
+                "expected warnings containing {warnings:?}\n  got: {:?}",
+                verdict.warnings
+            ));
         }
     }
     for key in &expect.audit_annotations {
         if !verdict.audit_annotations.iter().any(|(k, _)| k == key) {
-            failures.push(format!("expected audit annotation {key:?}, got {:?}", verdict.audit_annotations));
+            failures.push(format!(
+                "expected audit annotation {key:?}, got {:?}",
+                verdict.audit_annotations
+            ));
         }
     }
     match (&expect.patched_object, &decision.patched) {
@@ -199,12 +254,18 @@ async fn run_case(case: &Case, base: &Path, policies: &Arc<PolicySet>, explain: 
         (Some(expected), actual) => {
             let actual = actual.clone().unwrap_or(Value::Null);
             if *expected != actual {
-                failures.push(format!("patched object differs:\n{}", diff(expected, &actual)));
+                failures.push(format!(
+                    "patched object differs:\n{}",
+                    diff(expected, &actual)
+                ));
             }
         }
     }
     if let Some(fields) = &expect.patched_fields {
-        let actual = decision.patched.clone().unwrap_or_else(|| review.object.clone());
+        let actual = decision
+            .patched
+            .clone()
+            .unwrap_or_else(|| review.object.clone());
         for (pointer, expected) in fields {
             let got = actual.pointer(pointer).cloned().unwrap_or(Value::Null);
             if got != *expected {
@@ -229,7 +290,11 @@ fn diff(expected: &Value, actual: &Value) -> String {
 pub fn report(results: &[CaseResult]) -> usize {
     println!("\nrunning {} policy tests", results.len());
     for result in results {
-        let status = if result.failures.is_empty() { "ok" } else { "FAILED" };
+        let status = if result.failures.is_empty() {
+            "ok"
+        } else {
+            "FAILED"
+        };
         println!("test {} ... {status}", result.name);
     }
     let failed: Vec<&CaseResult> = results.iter().filter(|r| !r.failures.is_empty()).collect();

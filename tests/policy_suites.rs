@@ -21,7 +21,11 @@ async fn shipped_policy_suites_pass() {
     let results = genesis_gate::suite::run_dir(dir, &policies, false)
         .await
         .expect("suites run");
-    assert!(results.len() >= 40, "expected the full suites, found {} cases", results.len());
+    assert!(
+        results.len() >= 40,
+        "expected the full suites, found {} cases",
+        results.len()
+    );
     let failed = genesis_gate::suite::report(&results);
     assert_eq!(failed, 0, "policy suite cases failed; see the output above");
 }
@@ -64,7 +68,11 @@ async fn mutating_policies_are_idempotent() {
         let body = std::fs::read(fixtures().join("admissionreviews").join(file)).unwrap();
         let mut review = Review::parse(&body).unwrap();
         let first = engine.decide(Endpoint::Mutate, &review, false).await;
-        assert!(first.verdict.allowed(), "{file}: first pass denied: {:?}", first.verdict.denial);
+        assert!(
+            first.verdict.allowed(),
+            "{file}: first pass denied: {:?}",
+            first.verdict.denial
+        );
         if let Some(patched) = first.patched {
             review.object = patched;
         }
@@ -80,14 +88,22 @@ async fn mutating_policies_are_idempotent() {
 #[tokio::test]
 async fn recorded_job_patch_applies_to_raw_object() {
     let source = FileSource::load(&[fixtures().join("context/created")]).unwrap();
-    let engine = Engine::new(policy::load_embedded().unwrap(), Arc::new(source), Arc::new(Metrics::new()));
+    let engine = Engine::new(
+        policy::load_embedded().unwrap(),
+        Arc::new(source),
+        Arc::new(Metrics::new()),
+    );
     let body = std::fs::read(fixtures().join("admissionreviews/0003-Job-CREATE.json")).unwrap();
     let review = Review::parse(&body).unwrap();
     let decision = engine.decide(Endpoint::Mutate, &review, false).await;
     // Apply the patch as the API server does, to its own copy of the object.
     let mut object = review.object.clone();
-    json_patch::patch(&mut object, &decision.verdict.patch).expect("patch applies to the raw object");
+    json_patch::patch(&mut object, &decision.verdict.patch)
+        .expect("patch applies to the raw object");
     assert_eq!(Some(&object), decision.patched.as_ref());
     // Fields the typed Job does not know survive, since the patch is raw JSON.
-    assert_eq!(object["metadata"]["managedFields"], review.object["metadata"]["managedFields"]);
+    assert_eq!(
+        object["metadata"]["managedFields"],
+        review.object["metadata"]["managedFields"]
+    );
 }

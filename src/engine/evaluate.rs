@@ -44,7 +44,10 @@ impl std::fmt::Display for Failure {
             Failure::Expression { field, message } => write!(f, "{field}: {message}"),
             Failure::Lookup { target, error } => write!(f, "could not read {target}: {error}"),
             Failure::Timeout { limit } => {
-                write!(f, "evaluation exceeded the policy's time limit of {limit:?}")
+                write!(
+                    f,
+                    "evaluation exceeded the policy's time limit of {limit:?}"
+                )
             }
         }
     }
@@ -121,7 +124,16 @@ pub async fn evaluate(
     trace: &mut Option<PolicyTrace>,
 ) -> (Outcome, bool) {
     let mut used_cache = false;
-    let outcome = evaluate_inner(policy, review, object, source, freshness, trace, &mut used_cache).await;
+    let outcome = evaluate_inner(
+        policy,
+        review,
+        object,
+        source,
+        freshness,
+        trace,
+        &mut used_cache,
+    )
+    .await;
     (outcome, used_cache)
 }
 
@@ -164,8 +176,12 @@ async fn evaluate_inner(
         let field = format!("matchCondition {}", condition.name);
         let result = scope.evaluate_bool(&field, &condition.expression);
         note(trace, |t| {
-            let shown = result.as_ref().map(|b| Value::Bool(*b)).map_err(|f| f.to_string());
-            t.match_conditions.push(NamedResult::new(&condition.name, &shown));
+            let shown = result
+                .as_ref()
+                .map(|b| Value::Bool(*b))
+                .map_err(|f| f.to_string());
+            t.match_conditions
+                .push(NamedResult::new(&condition.name, &shown));
         });
         match result {
             Ok(true) => {}
@@ -181,9 +197,14 @@ async fn evaluate_inner(
     }
 
     evaluate_variables(policy, &mut scope, false, trace);
-    if let Err(failure) = resolve_lookups(policy, &mut scope, source, freshness, trace, used_cache).await {
+    let lookups_started = Instant::now();
+    if let Err(failure) =
+        resolve_lookups(policy, &mut scope, source, freshness, trace, used_cache).await
+    {
         return Outcome::Failed(failure);
     }
+    // The time limit is for evaluation; reads have their own budget.
+    scope.deadline += lookups_started.elapsed();
     evaluate_variables(policy, &mut scope, true, trace);
 
     match apply_effects(policy, &scope, trace) {
@@ -251,14 +272,22 @@ async fn params(
                 namespace: Some(reference.namespace.clone()),
                 name: reference.name.clone(),
             };
-            let describe = format!("params ConfigMap {}/{}", reference.namespace, reference.name);
-            let fetched = source.get(&target, Freshness::Cached).await.map_err(|error| Failure::Lookup {
-                target: describe.clone(),
-                error,
-            })?;
+            let describe = format!(
+                "params ConfigMap {}/{}",
+                reference.namespace, reference.name
+            );
+            let fetched = source
+                .get(&target, Freshness::Cached)
+                .await
+                .map_err(|error| Failure::Lookup {
+                    target: describe.clone(),
+                    error,
+                })?;
             *used_cache |= fetched.origin == Origin::Cache;
             match fetched.value {
-                Some(config_map) => Ok(Arc::new(config_map.get("data").cloned().unwrap_or(Value::Null))),
+                Some(config_map) => Ok(Arc::new(
+                    config_map.get("data").cloned().unwrap_or(Value::Null),
+                )),
                 None => Err(Failure::Expression {
                     field: "spec.paramRef.configMap".to_owned(),
                     message: format!("{describe} does not exist; create it or fix the reference"),
@@ -274,7 +303,11 @@ fn evaluate_variables(
     after_lookups: bool,
     trace: &mut Option<PolicyTrace>,
 ) {
-    for variable in policy.variables.iter().filter(|v| v.needs_lookups == after_lookups) {
+    for variable in policy
+        .variables
+        .iter()
+        .filter(|v| v.needs_lookups == after_lookups)
+    {
         let field = format!("variables.{}", variable.name);
         let result = scope
             .evaluate(&field, &variable.expression)
@@ -298,7 +331,7 @@ async fn resolve_lookups(
     let mut bound = Map::new();
     for lookup in &policy.lookups {
         let (value, described, origins) = resolve_lookup(lookup, scope, source, freshness).await?;
-        let from_cache = origins.iter().any(|o| *o == Origin::Cache);
+        let from_cache = origins.contains(&Origin::Cache);
         *used_cache |= from_cache;
         note(trace, |t| {
             let found = match &value {
@@ -342,7 +375,11 @@ async fn resolve_lookup(
             let text = string_result(&field, scope.evaluate(&field, expression)?)?;
             Some(text).filter(|n| !n.is_empty())
         }
-        None => scope.review.namespace().map(str::to_owned).filter(|n| !n.is_empty()),
+        None => scope
+            .review
+            .namespace()
+            .map(str::to_owned)
+            .filter(|n| !n.is_empty()),
     };
     let qualified = |name: &str| match &namespace {
         Some(namespace) => format!("{} {namespace}/{name}", lookup.kind),
@@ -386,11 +423,17 @@ async fn resolve_lookup(
                 other => {
                     return Err(Failure::Expression {
                         field,
-                        message: format!("namesExpression must yield a list of strings, not {other}"),
+                        message: format!(
+                            "namesExpression must yield a list of strings, not {other}"
+                        ),
                     })
                 }
             };
-            let described = names.iter().map(|n| qualified(n)).collect::<Vec<_>>().join(", ");
+            let described = names
+                .iter()
+                .map(|n| qualified(n))
+                .collect::<Vec<_>>()
+                .join(", ");
             let mut found = Map::new();
             let mut origins = Vec::new();
             for name in names {
@@ -431,13 +474,14 @@ async fn resolve_lookup(
                 namespace: namespace.clone(),
                 label_selector: Some(selector).filter(|s| !s.selects_all()),
             };
-            let fetched = source
-                .list(&target, freshness)
-                .await
-                .map_err(|error| Failure::Lookup {
-                    target: described.clone(),
-                    error,
-                })?;
+            let fetched =
+                source
+                    .list(&target, freshness)
+                    .await
+                    .map_err(|error| Failure::Lookup {
+                        target: described.clone(),
+                        error,
+                    })?;
             let items = fetched.value.iter().map(|v| (**v).clone()).collect();
             Ok((Value::Array(items), described, vec![fetched.origin]))
         }
@@ -454,7 +498,10 @@ fn apply_effects(
         let field = format!("validations[{index}]");
         let passed = scope.evaluate_bool(&field, &validation.expression);
         note(trace, |t| {
-            let shown = passed.as_ref().map(|b| Value::Bool(*b)).map_err(|f| f.to_string());
+            let shown = passed
+                .as_ref()
+                .map(|b| Value::Bool(*b))
+                .map_err(|f| f.to_string());
             t.validations.push(NamedResult::new(&field, &shown));
         });
         if passed? {
@@ -506,26 +553,35 @@ fn apply_effects(
         for (index, mutation) in policy.mutations.iter().enumerate() {
             let field = format!("mutations[{index}]");
             let result = scope.evaluate(&field, &mutation.expression)?;
-            let operations = patch::apply(&mut patched, &result).map_err(|message| Failure::Expression {
-                field: field.clone(),
-                message,
-            })?;
+            let operations =
+                patch::apply(&mut patched, &result).map_err(|message| Failure::Expression {
+                    field: field.clone(),
+                    message,
+                })?;
             effects.patch.extend(operations);
         }
         if !effects.patch.is_empty() {
-            note(trace, |t| t.decided_by = format!("mutations yielded {} operations", effects.patch.len()));
+            note(trace, |t| {
+                t.decided_by = format!("mutations yielded {} operations", effects.patch.len())
+            });
             effects.patched = Some(patched);
         }
     }
     if trace.as_ref().is_some_and(|t| t.decided_by.is_empty()) {
-        note(trace, |t| t.decided_by = "every validation passed".to_owned());
+        note(trace, |t| {
+            t.decided_by = "every validation passed".to_owned()
+        });
     }
     Ok(effects)
 }
 
 /// The message of a failed validation: its messageExpression, else its
 /// message, else the expression itself.
-fn failure_message(policy: &CompiledPolicy, scope: &Scope<'_>, index: usize) -> Result<String, Failure> {
+fn failure_message(
+    policy: &CompiledPolicy,
+    scope: &Scope<'_>,
+    index: usize,
+) -> Result<String, Failure> {
     let validation = &policy.validations[index];
     if let Some(expression) = &validation.message_expression {
         let field = format!("validations[{index}].messageExpression");

@@ -10,9 +10,17 @@ use crate::admission::Review;
 use crate::policy::{CompiledPolicy, ResourceRule};
 
 /// Returns `None` when the policy applies, else why it does not.
-pub fn mismatch(policy: &CompiledPolicy, review: &Review, namespace_labels: &BTreeMap<String, String>) -> Option<String> {
+pub fn mismatch(
+    policy: &CompiledPolicy,
+    review: &Review,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Option<String> {
     let rules = &policy.match_resources;
-    if !rules.resource_rules.iter().any(|rule| rule_matches(rule, review)) {
+    if !rules
+        .resource_rules
+        .iter()
+        .any(|rule| rule_matches(rule, review))
+    {
         return Some("no resourceRule matches the request".to_owned());
     }
     if rules
@@ -24,7 +32,8 @@ pub fn mismatch(policy: &CompiledPolicy, review: &Review, namespace_labels: &BTr
     }
     if let Some(selector) = &policy.namespace_selector {
         // Cluster-scoped objects are not subject to a namespace selector.
-        if review.namespace().is_some_and(|n| !n.is_empty()) && !selector.matches(namespace_labels) {
+        if review.namespace().is_some_and(|n| !n.is_empty()) && !selector.matches(namespace_labels)
+        {
             return Some("the namespaceSelector does not select the namespace".to_owned());
         }
     }

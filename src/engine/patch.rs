@@ -46,7 +46,11 @@ fn missing_parents(object: &Value, path: &jsonptr::Pointer) -> Vec<PatchOperatio
     let mut operations = Vec::new();
     let mut current = Some(object);
     let mut prefix = PointerBuf::new();
-    for (depth, token) in tokens.iter().enumerate().take(tokens.len().saturating_sub(1)) {
+    for (depth, token) in tokens
+        .iter()
+        .enumerate()
+        .take(tokens.len().saturating_sub(1))
+    {
         let next = current.and_then(|value| match value {
             Value::Object(map) => map.get(token),
             Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
@@ -81,7 +85,10 @@ mod tests {
         let mut object = json!({"metadata": {"name": "job"}});
         let ops = json!([{"op": "add", "path": "/metadata/annotations/karpenter.sh~1do-not-disrupt", "value": "true"}]);
         let applied = apply(&mut object, &ops).unwrap();
-        assert_eq!(object["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"], "true");
+        assert_eq!(
+            object["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"],
+            "true"
+        );
         assert_eq!(applied.len(), 2, "the parent add is part of the patch");
     }
 

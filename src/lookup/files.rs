@@ -48,7 +48,9 @@ impl FileSource {
 
     /// Builds a source from objects already in memory, as the policy test
     /// runner does.
-    pub fn from_objects(objects: impl IntoIterator<Item = Value>) -> Result<FileSource, ContextError> {
+    pub fn from_objects(
+        objects: impl IntoIterator<Item = Value>,
+    ) -> Result<FileSource, ContextError> {
         let mut source = FileSource::default();
         for object in objects {
             source.insert(object, Path::new("<inline>"))?;
@@ -111,7 +113,10 @@ impl FileSource {
             path: path.display().to_string(),
             message,
         };
-        let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
             let Some(Value::Array(items)) = value.get("items") else {
                 return Err(invalid(format!("{kind} has no items array")));
@@ -121,7 +126,12 @@ impl FileSource {
             }
             return Ok(());
         }
-        let field = |pointer: &str| value.pointer(pointer).and_then(Value::as_str).map(str::to_owned);
+        let field = |pointer: &str| {
+            value
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let (Some(api_version), Some(kind), Some(name)) = (
             field("/apiVersion"),
             field("/kind"),

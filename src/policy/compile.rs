@@ -194,11 +194,7 @@ const REQUEST_ROOTS: &[&str] = &[
     "authorizer",
 ];
 
-fn check_roots(
-    field: &str,
-    expression: &Expression,
-    allowed: &[&str],
-) -> Result<(), CompileError> {
+fn check_roots(field: &str, expression: &Expression, allowed: &[&str]) -> Result<(), CompileError> {
     for root in expression.roots() {
         if !allowed.contains(&root.as_str()) {
             return Err(CompileError {
@@ -213,7 +209,10 @@ fn check_roots(
     Ok(())
 }
 
-fn compile_spec(document: PolicyDocument, source: &PolicySource) -> Result<CompiledPolicy, CompileError> {
+fn compile_spec(
+    document: PolicyDocument,
+    source: &PolicySource,
+) -> Result<CompiledPolicy, CompileError> {
     let spec = document.spec;
     let with_variables: Vec<&str> = REQUEST_ROOTS.iter().copied().chain(["variables"]).collect();
     let everything: Vec<&str> = with_variables.iter().copied().chain(["lookups"]).collect();
@@ -308,7 +307,10 @@ fn compile_spec(document: PolicyDocument, source: &PolicySource) -> Result<Compi
             }
             None => None,
         };
-        let reason = validation.reason.clone().unwrap_or_else(|| "Forbidden".to_owned());
+        let reason = validation
+            .reason
+            .clone()
+            .unwrap_or_else(|| "Forbidden".to_owned());
         let code = reason_code(&reason).ok_or_else(|| CompileError {
             field: format!("{field}.reason"),
             message: format!(
@@ -338,14 +340,13 @@ fn compile_spec(document: PolicyDocument, source: &PolicySource) -> Result<Compi
         if mutation.patch_type != "JSONPatch" {
             return Err(CompileError {
                 field: format!("{field}.patchType"),
-                message: format!(
-                    "{:?} is not supported; use JSONPatch",
-                    mutation.patch_type
-                ),
+                message: format!("{:?} is not supported; use JSONPatch", mutation.patch_type),
             });
         }
-        let expression =
-            compile_expression(format!("{field}.jsonPatch.expression"), &mutation.json_patch.expression)?;
+        let expression = compile_expression(
+            format!("{field}.jsonPatch.expression"),
+            &mutation.json_patch.expression,
+        )?;
         check_roots(&field, &expression, &everything)?;
         mutations.push(Mutation { expression });
     }
@@ -354,7 +355,9 @@ fn compile_spec(document: PolicyDocument, source: &PolicySource) -> Result<Compi
         PolicyKind::ValidatingPolicy if !mutations.is_empty() => {
             return Err(CompileError {
                 field: "spec.mutations".to_owned(),
-                message: "a ValidatingPolicy cannot mutate; move the mutations into a MutatingPolicy".to_owned(),
+                message:
+                    "a ValidatingPolicy cannot mutate; move the mutations into a MutatingPolicy"
+                        .to_owned(),
             })
         }
         PolicyKind::ValidatingPolicy if validations.is_empty() && audit_annotations.is_empty() => {
@@ -366,7 +369,9 @@ fn compile_spec(document: PolicyDocument, source: &PolicySource) -> Result<Compi
         PolicyKind::MutatingPolicy if !validations.is_empty() => {
             return Err(CompileError {
                 field: "spec.validations".to_owned(),
-                message: "a MutatingPolicy only patches; move the validations into a ValidatingPolicy".to_owned(),
+                message:
+                    "a MutatingPolicy only patches; move the validations into a ValidatingPolicy"
+                        .to_owned(),
             })
         }
         PolicyKind::MutatingPolicy if mutations.is_empty() => {
@@ -388,7 +393,8 @@ fn compile_spec(document: PolicyDocument, source: &PolicySource) -> Result<Compi
     {
         return Err(CompileError {
             field: "spec.validationActions".to_owned(),
-            message: "has both Deny and Warn; a denied request already shows the message".to_owned(),
+            message: "has both Deny and Warn; a denied request already shows the message"
+                .to_owned(),
         });
     }
 
@@ -417,7 +423,11 @@ fn compile_spec(document: PolicyDocument, source: &PolicySource) -> Result<Compi
         .chain(&variables)
         .map(|v| &v.expression)
         .chain(validations.iter().map(|v| &v.expression))
-        .chain(validations.iter().filter_map(|v| v.message_expression.as_ref()))
+        .chain(
+            validations
+                .iter()
+                .filter_map(|v| v.message_expression.as_ref()),
+        )
         .chain(audit_annotations.iter().map(|(_, e)| e))
         .chain(mutations.iter().map(|m| &m.expression))
         .any(|e| e.roots().iter().any(|r| r == "namespaceObject"));
@@ -482,8 +492,14 @@ fn compile_lookup(
         .map(|text| compile("namespaceExpression", text))
         .transpose()?;
     let targets = [
-        lookup.name_expression.as_deref().map(|t| ("nameExpression", t)),
-        lookup.names_expression.as_deref().map(|t| ("namesExpression", t)),
+        lookup
+            .name_expression
+            .as_deref()
+            .map(|t| ("nameExpression", t)),
+        lookup
+            .names_expression
+            .as_deref()
+            .map(|t| ("namesExpression", t)),
         lookup
             .label_selector_expression
             .as_deref()
@@ -499,12 +515,12 @@ fn compile_lookup(
                 _ => LookupTarget::LabelSelector(expression),
             }
         }
-        _ => {
-            return Err(CompileError {
-                field,
-                message: "needs exactly one of nameExpression, namesExpression and labelSelectorExpression".to_owned(),
-            })
-        }
+        _ => return Err(CompileError {
+            field,
+            message:
+                "needs exactly one of nameExpression, namesExpression and labelSelectorExpression"
+                    .to_owned(),
+        }),
     };
     if lookup.api_version.is_empty() || lookup.kind.is_empty() {
         return Err(CompileError {
@@ -546,7 +562,8 @@ fn compile_param_ref(
             let Some(dir) = &source.dir else {
                 return Err(CompileError {
                     field: "spec.paramRef.file".to_owned(),
-                    message: "an embedded policy cannot read a params file; put the params inline".to_owned(),
+                    message: "an embedded policy cannot read a params file; put the params inline"
+                        .to_owned(),
                 });
             };
             let path = dir.join(file);

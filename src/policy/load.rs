@@ -4,21 +4,44 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-
 use super::compile::{compile_policy, PolicySet};
 use super::model::{PolicyDocument, API_VERSION};
 
 /// The shipped policies, embedded so that `serve` runs with no files.
 /// A test checks that this list matches the `policies/` folder.
 const EMBEDDED: &[(&str, &str)] = &[
-    ("claim-gate.yaml", include_str!("../../policies/claim-gate.yaml")),
-    ("halt-height-check.yaml", include_str!("../../policies/halt-height-check.yaml")),
-    ("halt-height.yaml", include_str!("../../policies/halt-height.yaml")),
-    ("job-wiring.yaml", include_str!("../../policies/job-wiring.yaml")),
-    ("no-second-bootstrap.yaml", include_str!("../../policies/no-second-bootstrap.yaml")),
-    ("one-way-completion.yaml", include_str!("../../policies/one-way-completion.yaml")),
-    ("single-writer.yaml", include_str!("../../policies/single-writer.yaml")),
-    ("statefulset-notice.yaml", include_str!("../../policies/statefulset-notice.yaml")),
+    (
+        "claim-gate.yaml",
+        include_str!("../../policies/claim-gate.yaml"),
+    ),
+    (
+        "halt-height-check.yaml",
+        include_str!("../../policies/halt-height-check.yaml"),
+    ),
+    (
+        "halt-height.yaml",
+        include_str!("../../policies/halt-height.yaml"),
+    ),
+    (
+        "job-wiring.yaml",
+        include_str!("../../policies/job-wiring.yaml"),
+    ),
+    (
+        "no-second-bootstrap.yaml",
+        include_str!("../../policies/no-second-bootstrap.yaml"),
+    ),
+    (
+        "one-way-completion.yaml",
+        include_str!("../../policies/one-way-completion.yaml"),
+    ),
+    (
+        "single-writer.yaml",
+        include_str!("../../policies/single-writer.yaml"),
+    ),
+    (
+        "statefulset-notice.yaml",
+        include_str!("../../policies/statefulset-notice.yaml"),
+    ),
 ];
 
 /// A policy file's name and text.
@@ -151,11 +174,12 @@ pub fn load_sources(sources: &[PolicySource]) -> Result<PolicySet, LoadError> {
 fn parse_documents(source: &PolicySource) -> Result<Vec<PolicyDocument>, LoadError> {
     let mut documents = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(&source.text).enumerate() {
-        let value = serde_yaml_ng::Value::deserialize(document).map_err(|error| LoadError::Parse {
-            file: source.file.clone(),
-            document: index + 1,
-            message: error.to_string(),
-        })?;
+        let value =
+            serde_yaml_ng::Value::deserialize(document).map_err(|error| LoadError::Parse {
+                file: source.file.clone(),
+                document: index + 1,
+                message: error.to_string(),
+            })?;
         if value.is_null() {
             continue; // an empty document, such as a trailing `---`
         }
@@ -183,7 +207,13 @@ mod tests {
             .filter(|name| name.ends_with(".yaml"))
             .collect();
         on_disk.sort();
-        let embedded: Vec<String> = EMBEDDED.iter().map(|(name, _)| (*name).to_owned()).collect();
-        assert_eq!(embedded, on_disk, "add each policy file to EMBEDDED in src/policy/load.rs");
+        let embedded: Vec<String> = EMBEDDED
+            .iter()
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
+        assert_eq!(
+            embedded, on_disk,
+            "add each policy file to EMBEDDED in src/policy/load.rs"
+        );
     }
 }
