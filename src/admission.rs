@@ -3,6 +3,11 @@
 
 use std::fmt;
 
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::{DynamicObject, Status, TypeMeta};
+use serde::Deserialize;
+use serde_json::Value;
+
 /// The webhook path a review arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -36,10 +41,6 @@ pub struct RequestError {
     pub status: u16,
     pub message: String,
 }
-
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
-use kube::core::{DynamicObject, Status, TypeMeta};
-use serde_json::Value;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
@@ -156,8 +157,6 @@ impl Review {
     }
 }
 
-use serde::Deserialize;
-
 pub fn operation_name(operation: &Operation) -> &'static str {
     match operation {
         Operation::Create => "CREATE",
@@ -272,4 +271,126 @@ impl Verdict {
 pub fn encode(response: AdmissionResponse) -> Vec<u8> {
     // An AdmissionReview of strings, numbers and bytes always serialises.
     serde_json::to_vec(&response.into_review()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD_REVIEW: &str =
+        include_str!("../tests/fixtures/admissionreviews/0010-Pod-CREATE.json");
+
+    fn parse_error(body: &str) -> RequestError {
+        Review::parse(body.as_bytes()).expect_err("body should be rejected")
+    }
+
+    #[test]
+    fn recorded_review_parses() {
+        let review = Review::parse(POD_REVIEW.as_bytes()).unwrap();
+        assert_eq!(review.uid(), "9bf5408f-806d-422f-92c2-f6f655d53320");
+        assert_eq!(review.kind(), "Pod");
+        assert_eq!(review.operation(), "CREATE");
+        assert_eq!(review.object["metadata"]["name"], "pacific-fork-0-0");
+        assert!(review.old_object.is_null());
+        assert!(
+            review.request.get("object").is_none(),
+            "object is moved out of request"
+        );
+    }
+
+    #[test]
+    fn invalid_json_names_the_problem() {
+        let error = parse_error("{not json");
+        assert_eq!(error.status, 400);
+        assert!(
+            error.message.contains("not valid JSON"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn wrong_api_version_names_value_and_fix() {
+        let body = POD_REVIEW.replace("admission.k8s.io/v1", "admission.k8s.io/v1beta1");
+        let error = parse_error(&body);
+        assert!(
+            error.message.contains("\"admission.k8s.io/v1beta1\""),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("admissionReviewVersions: [v1]"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn wrong_kind_is_rejected() {
+        let body = POD_REVIEW.replacen("\"AdmissionReview\"", "\"TokenReview\"", 1);
+        let error = parse_error(&body);
+        assert!(
+            error.message.contains("kind \"TokenReview\""),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn missing_request_is_rejected() {
+        let error = parse_error(r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#);
+        assert!(
+            error.message.contains("has no request"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn missing_uid_is_rejected() {
+        let mut value: Value = serde_json::from_str(POD_REVIEW).unwrap();
+        value["request"].as_object_mut().unwrap().remove("uid");
+        let error = parse_error(&value.to_string());
+        assert!(error.message.contains("uid"), "{}", error.message);
+    }
+
+    #[test]
+    fn empty_uid_is_rejected() {
+        let mut value: Value = serde_json::from_str(POD_REVIEW).unwrap();
+        value["request"]["uid"] = Value::from("");
+        let error = parse_error(&value.to_string());
+        assert!(error.message.contains("empty uid"), "{}", error.message);
+    }
+
+    #[test]
+    fn non_object_object_is_rejected() {
+        let mut value: Value = serde_json::from_str(POD_REVIEW).unwrap();
+        value["request"]["object"] = Value::from("pod");
+        let error = parse_error(&value.to_string());
+        assert!(
+            error.message.contains("request.object is JSON a string"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn denial_is_forbidden_with_uid() {
+        let review = Review::parse(POD_REVIEW.as_bytes()).unwrap();
+        let verdict = Verdict {
+            denial: Some(Denial {
+                message: "no".to_owned(),
+                reason: "Forbidden".to_owned(),
+                code: 403,
+            }),
+            ..Verdict::default()
+        };
+        let body: Value = serde_json::from_slice(&encode(verdict.into_response(&review))).unwrap();
+        assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(body["kind"], "AdmissionReview");
+        assert_eq!(body["response"]["uid"], review.uid());
+        assert_eq!(body["response"]["allowed"], false);
+        assert_eq!(body["response"]["status"]["code"], 403);
+        assert_eq!(body["response"]["status"]["reason"], "Forbidden");
+    }
 }

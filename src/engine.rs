@@ -332,13 +332,46 @@ fn failure_message(policy: &CompiledPolicy, review: &Review, failure: &Failure) 
     }
 }
 
+/// The engine as the HTTP layer calls it.
+///
+/// Each review runs on Tokio's blocking pool. CEL evaluation is CPU work
+/// that no `.await` interrupts, and the `cel` crate has no cost budget, so
+/// a slow expression must not stall the threads that accept connections
+/// and answer timeouts: the server's request timeout still answers while
+/// the evaluation finishes on its own thread.
+pub struct Gate {
+    engine: Arc<Engine>,
+}
+
+impl Gate {
+    pub fn new(engine: Arc<Engine>) -> Gate {
+        Gate { engine }
+    }
+}
+
 #[async_trait::async_trait]
-impl crate::server::Reviewer for Engine {
+impl crate::server::Reviewer for Gate {
     async fn review(&self, endpoint: Endpoint, body: Bytes) -> Result<Bytes, RequestError> {
-        self.review_body(endpoint, &body).await.map(Bytes::from)
+        let engine = self.engine.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            runtime.block_on(engine.review_body(endpoint, &body))
+        });
+        match task.await {
+            Ok(result) => result.map(Bytes::from),
+            Err(error) => {
+                // A panic in evaluation is a bug; answer 500 so the API
+                // server applies the webhook's failurePolicy.
+                tracing::error!(%error, endpoint = %endpoint, "review task failed");
+                Err(RequestError {
+                    status: 500,
+                    message: format!("genesis-gate failed to evaluate the review: {error}"),
+                })
+            }
+        }
     }
 
     fn ready(&self) -> Result<(), String> {
-        self.source.ready()
+        self.engine.source.ready()
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::cli::{load_policies, ServeArgs};
-use crate::engine::Engine;
+use crate::engine::{Engine, Gate};
 use crate::lookup::cluster::{ClusterMetrics, ClusterOptions, ClusterSource};
 use crate::lookup::config::{find_cluster, ConfigSearch};
 use crate::lookup::{FileSource, ObjectSource};
@@ -61,7 +61,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         client_ca,
         ..ServerOptions::default()
     };
-    let result = server::serve(options, engine, metrics, shutdown).await;
+    let gate = Arc::new(Gate::new(engine));
+    let result = server::serve(options, gate, metrics, shutdown).await;
     if let Some(reload) = reload {
         reload.abort();
     }
