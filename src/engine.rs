@@ -295,7 +295,7 @@ impl Engine {
                 uid = review.uid(), endpoint = %endpoint, kind = review.kind(),
                 namespace = review.namespace().unwrap_or(""), name = %review.display_name(),
                 operation = review.operation(), dry_run = review.header.dry_run,
-                decision = label, latency_us = latency.as_micros() as u64, message,
+                decision = label, latency_us = latency.as_micros() as u64, deny_message = message,
                 "admission denied"
             );
         }
