@@ -15,8 +15,8 @@ const LOOKUPS_PER_CLOCK_READ: u32 = 16;
 /// The variables of one evaluation, borrowed for `'a`.
 ///
 /// Bind the request's values once and evaluate every expression of a
-/// policy against the same activation: nothing is converted, and a list
-/// that a bound value holds builds its element views at most once per
+/// policy against the same activation. Nothing is converted, and a list
+/// that a bound value contains builds its element views at most once per
 /// evaluation that iterates it.
 pub struct Activation<'a> {
     pub(super) bindings: Bindings<'a>,
@@ -53,17 +53,17 @@ impl<'a> Activation<'a> {
         }
     }
 
-    /// Binds `name` to a JSON value, viewed in place: an object as a `map`,
-    /// an array as a `list`, a string as a `string` borrowing its bytes, an
-    /// integer that fits an `i64` as an `int`, any other number as a
-    /// `double`, and `null` as `null`. Binding a name again replaces it.
+    /// Binds `name` to a JSON value, viewed in place. An object is a `map`,
+    /// an array a `list`, and a string a `string` borrowing its bytes. An
+    /// integer that fits an `i64` is an `int`, any other number a `double`,
+    /// and `null` is `null`. Binding a name again replaces it.
     pub fn bind_json(&mut self, name: &str, value: &'a serde_json::Value) {
         let bound = Bound::Json(JsonVal::new(value));
         self.bindings.values.insert(name.to_owned(), bound);
     }
 
     /// Binds `name` to a map whose entries are either values or the error
-    /// their evaluation raised; reading an errored entry raises that error,
+    /// their evaluation raised. Reading an errored entry raises that error,
     /// as `name.key: message`. Binding a name again replaces it.
     pub fn bind_results(
         &mut self,

@@ -18,7 +18,7 @@ use cel::common::value::Val;
 use cel::ExecutionError;
 use serde_json::Value as Json;
 
-/// A JSON value as CEL sees it: `null`, `bool`, `int` for integers that fit
+/// A JSON value as a CEL value: `null`, `bool`, `int` for integers that fit
 /// an `i64`, `double` for every other number, a borrowed `string`, or a view
 /// of an object (a `map`) or an array (a `list`).
 #[derive(Debug, Clone)]
@@ -82,8 +82,9 @@ impl<'b, 'v, 'a: 'v> traits::Iterator<'b, 'v> for Lend<'b, 'a> {
     }
 }
 
-/// The string a map is indexed with. JSON objects have string keys only, so
-/// another key type is missing rather than wrong, as in a CEL `map`.
+/// Returns the string a map is indexed with. JSON objects have string keys
+/// only, so a key of another CEL key type is missing rather than wrong, as
+/// in a CEL `map`.
 pub(crate) fn string_key(key: &dyn Val) -> Result<&str, ExecutionError> {
     if let Some(s) = key.downcast_ref::<CelString>() {
         return Ok(s.inner());
