@@ -182,7 +182,7 @@ impl Expression {
         let mut context = Context::with_env(env::shared().clone());
         context.set_variable_resolver(bindings);
         let result = Value::resolve_val(&self.ast, &context);
-        bindings.check_deadline()?;
+        bindings.check_lookups()?;
         let value = result.map_err(convert::eval_error)?;
         finish(&*value)
     }

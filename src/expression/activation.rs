@@ -111,6 +111,15 @@ impl Bindings<'_> {
         }
     }
 
+    /// Fails if a variable lookup found the deadline passed, after an
+    /// evaluation: its result, or its error, is then not to be trusted.
+    pub(super) fn check_lookups(&self) -> Result<(), EvalError> {
+        match &self.deadline {
+            Some(deadline) if self.expired.load(Ordering::Relaxed) => Err(deadline.error()),
+            _ => Ok(()),
+        }
+    }
+
     fn lookup_expired(&self) -> bool {
         let Some(deadline) = &self.deadline else {
             return false;

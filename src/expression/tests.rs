@@ -565,7 +565,7 @@ fn variable_lookup_after_the_deadline_finds_nothing() {
     assert!(activation.bindings.resolve("object").is_some());
     activation.set_deadline(Instant::now());
     assert!(activation.bindings.resolve("object").is_none());
-    let error = activation.bindings.check_deadline().unwrap_err();
+    let error = activation.bindings.check_lookups().unwrap_err();
     assert!(error.0.contains("time limit of"), "{error}");
 }
 
