@@ -73,7 +73,7 @@ impl<'a> JsonVal<'a> {
     }
 }
 
-/// Lends the values of a slice, as [`Iterable`] requires.
+/// Lends the values of a slice, as [`traits::Iterable`] requires.
 pub(crate) struct Lend<'b, 'a>(pub(crate) std::slice::Iter<'b, JsonVal<'a>>);
 
 impl<'b, 'v, 'a: 'v> traits::Iterator<'b, 'v> for Lend<'b, 'a> {
