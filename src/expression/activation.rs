@@ -15,9 +15,9 @@ const LOOKUPS_PER_CLOCK_READ: u32 = 16;
 /// The variables of one evaluation, borrowed for `'a`.
 ///
 /// Bind the request's values once and evaluate every expression of a
-/// policy against the same activation. Nothing is converted, and a list
-/// that a bound value contains builds its element views at most once per
-/// evaluation that iterates it.
+/// policy against the same activation. Nothing is converted: selecting a
+/// field boxes a view of it, and a list builds views of its elements only
+/// when a comprehension iterates it.
 pub struct Activation<'a> {
     pub(super) bindings: Bindings<'a>,
 }
@@ -77,11 +77,12 @@ impl<'a> Activation<'a> {
     /// Sets the instant after which evaluations fail with "evaluation
     /// exceeded its time limit".
     ///
-    /// NOTE: cel 0.15 has no hook inside its interpreter, so the deadline is
-    /// checked when an evaluation starts and on every 16th lookup of a bound
-    /// variable. A loop whose body reads only its own loop variable, such as
-    /// `object.spec.containers.all(c, c.name != "")`, runs to its end first;
-    /// its length is bounded by the request's size.
+    /// NOTE: cel 0.15's only hook inside an evaluation is the variable
+    /// resolver, so the deadline is checked when an evaluation starts and on
+    /// every 16th lookup of a bound variable. A loop whose body reads only
+    /// its own loop variable, such as `object.spec.containers.all(c, c.name
+    /// != "")`, runs to its end first. Its length is bounded by the
+    /// request's size.
     pub fn set_deadline(&mut self, deadline: Instant) {
         let limit = deadline.saturating_duration_since(Instant::now());
         self.bindings.deadline = Some(Deadline {
