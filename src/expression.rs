@@ -8,11 +8,12 @@
 //! - [`Expression::evaluate`] returns the result converted to JSON.
 //!
 //! Expressions are compiled and evaluated with cel 0.15's standard library,
-//! its optional syntax (`a.?b`, `optional.of`), its strings, lists and math
-//! extensions, and the Kubernetes functions `jsonpatch.escapeKey` and the
-//! quantity library (`quantity`, `isQuantity`, `compareTo`, `isLessThan`,
-//! `isGreaterThan`, `asInteger`, `asApproximateFloat`, `isInteger`, `sign`,
-//! `add`, `sub`, and `string(quantity)`).
+//! its optional syntax (`a.?b`, `optional.of`), and its strings, lists and
+//! math extensions. On top of those come the Kubernetes functions
+//! `jsonpatch.escapeKey` and the quantity library: `quantity`, `isQuantity`,
+//! `compareTo`, `isLessThan`, `isGreaterThan`, `asInteger`,
+//! `asApproximateFloat`, `isInteger`, `sign`, `add`, `sub`, and
+//! `string(quantity)`.
 
 mod activation;
 mod ast;
@@ -131,7 +132,7 @@ impl Expression {
         members.cloned().collect()
     }
 
-    /// Whether the expression reads `root` other than by literal field
+    /// Returns whether the expression reads `root` other than by literal field
     /// names, e.g. `variables[name]`, `size(variables)` or
     /// `variables.exists(k, ...)`, so that any of its members may be read.
     pub fn reads_whole(&self, root: &str) -> bool {
@@ -181,7 +182,7 @@ impl Expression {
         let mut context = Context::with_env(env::shared().clone());
         context.set_variable_resolver(bindings);
         let result = Value::resolve_val(&self.ast, &context);
-        bindings.check_deadline()?;
+        bindings.check_lookups()?;
         let value = result.map_err(convert::eval_error)?;
         finish(&*value)
     }
@@ -193,7 +194,8 @@ impl fmt::Debug for Expression {
     }
 }
 
-/// The first syntax error at its position; any others follow in the message.
+/// Converts parse errors into one error at the position of the first. The
+/// message lists the others with their positions.
 fn syntax_error(errors: &ParseErrors) -> CompileError {
     let Some(first) = errors.errors.first() else {
         let message = "the expression could not be parsed".to_owned();
@@ -217,9 +219,9 @@ fn syntax_error(errors: &ParseErrors) -> CompileError {
     }
 }
 
-/// The byte offset of `function`'s name in a call whose `(` is at byte
-/// `paren`, where cel places the call's node, or `paren` if the name is not
-/// right before it.
+/// Returns the byte offset of `function`'s name in a call whose `(`, where
+/// cel places the call's node, is at byte `paren`. Returns `paren` if the
+/// name is not right before it.
 fn name_offset(source: &str, paren: usize, function: &str) -> usize {
     let name = function.rsplit('.').next().unwrap_or(function);
     match paren.checked_sub(name.len()) {
@@ -228,8 +230,8 @@ fn name_offset(source: &str, paren: usize, function: &str) -> usize {
     }
 }
 
-/// The 1-based line and column, counted in characters, of byte `offset` of
-/// `source`.
+/// Returns the 1-based line and column, counted in characters, of byte
+/// `offset` of `source`.
 fn position(source: &str, offset: usize) -> (usize, usize) {
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;

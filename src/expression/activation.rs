@@ -15,9 +15,9 @@ const LOOKUPS_PER_CLOCK_READ: u32 = 16;
 /// The variables of one evaluation, borrowed for `'a`.
 ///
 /// Bind the request's values once and evaluate every expression of a
-/// policy against the same activation: nothing is converted, and a list
-/// that a bound value holds builds its element views at most once per
-/// evaluation that iterates it.
+/// policy against the same activation. Nothing is converted: selecting a
+/// field boxes a view of it, and a list builds views of its elements only
+/// when a comprehension iterates it.
 pub struct Activation<'a> {
     pub(super) bindings: Bindings<'a>,
 }
@@ -53,17 +53,17 @@ impl<'a> Activation<'a> {
         }
     }
 
-    /// Binds `name` to a JSON value, viewed in place: an object as a `map`,
-    /// an array as a `list`, a string as a `string` borrowing its bytes, an
-    /// integer that fits an `i64` as an `int`, any other number as a
-    /// `double`, and `null` as `null`. Binding a name again replaces it.
+    /// Binds `name` to a JSON value, viewed in place. An object is a `map`,
+    /// an array a `list`, and a string a `string` borrowing its bytes. An
+    /// integer that fits an `i64` is an `int`, any other number a `double`,
+    /// and `null` is `null`. Binding a name again replaces it.
     pub fn bind_json(&mut self, name: &str, value: &'a serde_json::Value) {
         let bound = Bound::Json(JsonVal::new(value));
         self.bindings.values.insert(name.to_owned(), bound);
     }
 
     /// Binds `name` to a map whose entries are either values or the error
-    /// their evaluation raised; reading an errored entry raises that error,
+    /// their evaluation raised. Reading an errored entry raises that error,
     /// as `name.key: message`. Binding a name again replaces it.
     pub fn bind_results(
         &mut self,
@@ -77,11 +77,12 @@ impl<'a> Activation<'a> {
     /// Sets the instant after which evaluations fail with "evaluation
     /// exceeded its time limit".
     ///
-    /// NOTE: cel 0.15 has no hook inside its interpreter, so the deadline is
-    /// checked when an evaluation starts and on every 16th lookup of a bound
-    /// variable. A loop whose body reads only its own loop variable, such as
-    /// `object.spec.containers.all(c, c.name != "")`, runs to its end first;
-    /// its length is bounded by the request's size.
+    /// NOTE: cel 0.15's only hook inside an evaluation is the variable
+    /// resolver, so the deadline is checked when an evaluation starts and on
+    /// every 16th lookup of a bound variable. A loop whose body reads only
+    /// its own loop variable, such as `object.spec.containers.all(c, c.name
+    /// != "")`, runs to its end first. Its length is bounded by the
+    /// request's size.
     pub fn set_deadline(&mut self, deadline: Instant) {
         let limit = deadline.saturating_duration_since(Instant::now());
         self.bindings.deadline = Some(Deadline {
@@ -107,6 +108,15 @@ impl Bindings<'_> {
                 self.expired.store(true, Ordering::Relaxed);
                 Err(deadline.error())
             }
+            _ => Ok(()),
+        }
+    }
+
+    /// Fails if a variable lookup found the deadline passed, after an
+    /// evaluation: its result, or its error, is then not to be trusted.
+    pub(super) fn check_lookups(&self) -> Result<(), EvalError> {
+        match &self.deadline {
+            Some(deadline) if self.expired.load(Ordering::Relaxed) => Err(deadline.error()),
             _ => Ok(()),
         }
     }

@@ -1,5 +1,5 @@
-//! What an expression reads and calls, found in its parsed AST, and the one
-//! rewrite applied to it before evaluation.
+//! Analysis of the variables and functions an expression uses, from its
+//! parsed AST, and the one rewrite applied to the AST before evaluation.
 
 use super::env::{self, FunctionCheck};
 use cel::common::ast::operators::{
@@ -142,8 +142,8 @@ impl<'e> Walker<'e> {
         }
     }
 
-    /// The variable `expr` names, if it is an identifier that no enclosing
-    /// comprehension binds and that is not a type name such as `int`.
+    /// Returns the variable `expr` names, if it is an identifier that no
+    /// enclosing comprehension binds and that is not a type name such as `int`.
     fn root(&self, expr: &'e IdedExpr) -> Option<&'e str> {
         let Expr::Ident(name) = &expr.expr else {
             return None;

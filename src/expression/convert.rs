@@ -93,9 +93,9 @@ fn other(value: &dyn Val) -> Result<Json, EvalError> {
     Err(unconvertible(value))
 }
 
-/// The text of an evaluation error. cel's own wording is kept, but for a
-/// function error, which reads "`function`: `message`": the Kubernetes
-/// functions and the entries of a results map raise those.
+/// Converts an evaluation error into its text. cel's wording is kept, except
+/// that a function error reads "`function`: `message`", as the Kubernetes
+/// functions and the failed entries of a results map raise them.
 pub(crate) fn eval_error(error: ExecutionError) -> EvalError {
     match error {
         ExecutionError::FunctionError { function, message } => {

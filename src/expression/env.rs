@@ -9,8 +9,9 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     Arc::new(build().expect("the CEL environment declares no overload twice"))
 });
 
-/// The standard library with the optional syntax (`a.?b`, `optional.of`),
-/// cel's strings, lists and math extensions, and the Kubernetes functions.
+/// Builds the standard library with the optional syntax (`a.?b`,
+/// `optional.of`), cel's strings, lists and math extensions, and the
+/// Kubernetes functions.
 fn build() -> Result<Env, DeclarationError> {
     let mut env = Env::stdlib().with_optional_support(true);
     env.add_extension(extensions::strings)?;
@@ -27,8 +28,8 @@ pub(crate) fn shared() -> &'static Arc<Env> {
 /// Tells whether the shared `Env` declares overloads of a function name.
 ///
 /// cel 0.15 keeps that lookup private. `Context::add_function` performs it
-/// in public, failing with `OverloadConflict` for a declared name, so a
-/// throwaway context asks for us.
+/// publicly and fails with `OverloadConflict` for a declared name, so a
+/// throwaway context serves as the probe.
 pub(crate) struct FunctionCheck {
     probe: Context<'static, 'static>,
 }

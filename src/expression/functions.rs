@@ -10,14 +10,16 @@ use std::cmp::Ordering;
 
 type Outcome<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
 
+/// Declares the functions on `env`.
 pub(crate) fn register(env: &mut Env) -> Result<(), DeclarationError> {
-    let quantity = || QUANTITY_TYPE.to_owned();
     env.add_overload(
         "jsonpatch.escapeKey",
         "jsonpatch_escapeKey_string",
         vec![STRING_TYPE],
         escape_key,
     )?;
+
+    let quantity = || QUANTITY_TYPE.to_owned();
     env.add_overload("quantity", "string_to_quantity", vec![STRING_TYPE], parse)?;
     env.add_overload(
         "isQuantity",
@@ -36,6 +38,7 @@ pub(crate) fn register(env: &mut Env) -> Result<(), DeclarationError> {
         let id = format!("quantity_{name}");
         env.add_member_overload(name, &id, quantity(), vec![], function)?;
     }
+
     let binary: [(&str, Function); 3] = [
         ("compareTo", compare_to),
         ("isLessThan", is_less_than),
@@ -45,6 +48,7 @@ pub(crate) fn register(env: &mut Env) -> Result<(), DeclarationError> {
         let id = format!("quantity_{name}_quantity");
         env.add_member_overload(name, &id, quantity(), vec![quantity()], function)?;
     }
+
     let arithmetic: [(&str, Function); 2] = [("add", add), ("sub", sub)];
     for (name, function) in arithmetic {
         let id = format!("quantity_{name}_quantity");
@@ -138,8 +142,8 @@ fn sub<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Outcome<'b, 'v> {
     Ok(CowVal::owned(difference))
 }
 
-/// The receiver and argument of `add` or `sub`, an `int` argument taken as
-/// a quantity of that many units.
+/// Returns the receiver and argument of `add` or `sub`, taking an `int`
+/// argument as a quantity of that many units.
 fn operands(args: &[CowVal<'_, '_>]) -> Result<(Quantity, Quantity), ExecutionError> {
     let lhs = *quantity_arg(args, 0)?;
     let rhs = match args.get(1).and_then(|arg| arg.downcast_ref::<CelInt>()) {

@@ -22,9 +22,9 @@ const NANOS_PER_UNIT: i128 = 1_000_000_000;
 /// The largest magnitude a parsed quantity has, 2^63-1 units, in nano-units.
 const MAX_NANOS: i128 = i64::MAX as i128 * NANOS_PER_UNIT;
 
-/// The most significant digits a number may have. More would make a
-/// hostile string of digits cost quadratic time to convert; Kubernetes
-/// accepts them, which no real quantity needs.
+/// The maximum number of significant digits in a quantity. More would let a
+/// hostile string of digits cost quadratic time to convert. Kubernetes
+/// accepts them, but no real quantity needs them.
 const MAX_DIGITS: usize = 1000;
 
 const DECIMAL_SUFFIXES: [(&str, i64); 10] = [
@@ -42,7 +42,7 @@ const DECIMAL_SUFFIXES: [(&str, i64); 10] = [
 
 const BINARY_SUFFIXES: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
 
-/// How a quantity was written, which its canonical string keeps.
+/// The notation a quantity was written in, which its canonical string keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     /// `1.5Gi`: powers of 1024.
@@ -60,7 +60,7 @@ pub(crate) struct Quantity {
     format: Format,
 }
 
-/// Why a string is not a quantity.
+/// An error parsing a quantity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum QuantityError {
     #[error(
@@ -103,7 +103,7 @@ impl Quantity {
         self.nanos.signum() as i64
     }
 
-    /// The value as an `int`, when it is a whole number that fits one.
+    /// Returns the value as an `int`, when it is a whole number that fits one.
     pub(crate) fn as_integer(&self) -> Option<i64> {
         if self.nanos % NANOS_PER_UNIT != 0 {
             return None;
@@ -134,7 +134,7 @@ impl Quantity {
     }
 }
 
-/// The format, power of ten and power of two a suffix stands for.
+/// Returns the format, power of ten and power of two a suffix means.
 fn parse_suffix(suffix: &str) -> Option<(Format, i64, u32)> {
     if let Some(&(_, exponent)) = DECIMAL_SUFFIXES.iter().find(|(s, _)| *s == suffix) {
         return Some((Format::DecimalSi, exponent, 0));
@@ -152,9 +152,9 @@ fn parse_suffix(suffix: &str) -> Option<(Format, i64, u32)> {
     Some((Format::DecimalExponent, i64::from(exponent), 0))
 }
 
-/// The magnitude of `integer.fraction × 10^exponent10 × 2^exponent2` in
-/// nano-units, rounded up and capped at [`MAX_NANOS`], or `None` when it
-/// would take more than [`MAX_DIGITS`] digits to compute.
+/// Computes the magnitude of `integer.fraction × 10^exponent10 × 2^exponent2`
+/// in nano-units, rounded up and capped at [`MAX_NANOS`]. Returns `None`
+/// when that would take more than [`MAX_DIGITS`] digits.
 fn nanos(integer: &str, fraction: &str, exponent10: i64, exponent2: u32) -> Option<i128> {
     let fraction = fraction.trim_end_matches('0');
     let digits = format!("{integer}{fraction}");
@@ -214,9 +214,11 @@ impl fmt::Display for Quantity {
         if self.nanos == 0 {
             return f.write_str("0");
         }
+
         let sign = if self.nanos < 0 { "-" } else { "" };
         let magnitude = self.nanos.unsigned_abs();
         let nanos_per_unit = NANOS_PER_UNIT as u128;
+
         // Binary quantities print in powers of 1024 when whole and at least 1Ki.
         if self.format == Format::BinarySi
             && magnitude >= 1024 * nanos_per_unit
@@ -229,6 +231,7 @@ impl fmt::Display for Quantity {
             }
             return write!(f, "{sign}{units}{}", BINARY_SUFFIXES[power]);
         }
+
         let (mut mantissa, mut exponent) = (magnitude, -9_i64);
         while mantissa % 10 == 0 {
             mantissa /= 10;
@@ -238,6 +241,7 @@ impl fmt::Display for Quantity {
             mantissa *= 10;
             exponent -= 1;
         }
+
         // Stripping k zeros and adding back at most k keeps the mantissa in range.
         let si = DECIMAL_SUFFIXES.iter().find(|(_, e)| *e == exponent);
         match si {

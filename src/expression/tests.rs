@@ -54,7 +54,7 @@ fn syntax_error_reports_its_position() {
 }
 
 #[test]
-fn syntax_error_on_a_later_line_reports_that_line() {
+fn syntax_error_on_later_line() {
     let error = Expression::compile("true &&\n  object.spec.(x)").unwrap_err();
     assert_eq!(error.line, 2, "{error}");
     assert_eq!(error.column, 15, "{error}");
@@ -95,6 +95,8 @@ fn declared_functions_compile() {
         "optional.of(1).hasValue()",
         "object.?metadata.?labels.orValue({})",
         "'abc'.matches('^a')",
+        "optional.of(1).optMap(x, x + 1)",
+        "[{'a': 2}, {'a': 1}].sortBy(e, e.a)",
     ] {
         assert!(Expression::compile(source).is_ok(), "{source}");
     }
@@ -133,7 +135,7 @@ fn roots_exclude_namespaces_and_type_names() {
 }
 
 #[test]
-fn members_are_the_literal_fields_selected_on_a_root() {
+fn members_are_literal_fields_of_root() {
     let expression = compile(
         r#"variables.a + variables["b"] + (has(variables.c) ? "" : variables.?d.orValue("")) + lookups.claim.metadata.name"#,
     );
@@ -315,6 +317,50 @@ fn views_pass_to_functions() {
     assert!(eval_bool(
         "object.spec.volumes.map(v, v.name).join(',') == 'data,kube-api-access-p87dl'"
     ));
+}
+
+#[test]
+fn comprehension_elements_borrow_the_json() {
+    let review = review();
+    let object = &review["request"]["object"];
+    let mut activation = Activation::new();
+    activation.bind_json("object", object);
+    let expression = compile("object.spec.containers.map(c, c.name)[0]");
+    let mut context = Context::with_env(env::shared().clone());
+    context.set_variable_resolver(&activation.bindings);
+    let value = Value::resolve_val(&expression.ast, &context).unwrap();
+    let name = value
+        .downcast_ref::<cel::common::types::CelString>()
+        .unwrap();
+    let in_json = object["spec"]["containers"][0]["name"].as_str().unwrap();
+    assert!(std::ptr::eq(name.inner(), in_json), "the name was copied");
+}
+
+#[test]
+fn bound_list_indexes_before_and_after_iteration() {
+    let items = json!([1, 2, {"a": [3]}]);
+    let mut activation = Activation::new();
+    activation.bind_json("items", &items);
+    let expression = compile("items[1] == 2 && items.exists(i, i == 2) && items[2].a == [3]");
+    assert_eq!(expression.evaluate_bool(&activation), Ok(true));
+    assert_eq!(
+        expression.evaluate_bool(&activation),
+        Ok(true),
+        "with element views built"
+    );
+}
+
+#[test]
+fn empty_views_are_zero_values() {
+    let data = json!({"empty": {}, "none": [], "one": [1]});
+    let mut activation = Activation::new();
+    activation.bind_json("data", &data);
+    let expression =
+        compile("[data.empty, data.none, data.one].map(x, optional.ofNonZeroValue(x).hasValue())");
+    assert_eq!(
+        expression.evaluate(&activation).unwrap(),
+        json!([false, false, true])
+    );
 }
 
 #[test]
@@ -519,7 +565,7 @@ fn variable_lookup_after_the_deadline_finds_nothing() {
     assert!(activation.bindings.resolve("object").is_some());
     activation.set_deadline(Instant::now());
     assert!(activation.bindings.resolve("object").is_none());
-    let error = activation.bindings.check_deadline().unwrap_err();
+    let error = activation.bindings.check_lookups().unwrap_err();
     assert!(error.0.contains("time limit of"), "{error}");
 }
 
