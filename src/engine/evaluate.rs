@@ -82,6 +82,7 @@ impl Scope<'_> {
         activation.bind_json("namespaceObject", &self.namespace_object);
         activation.bind_json("lookups", &self.lookups);
         activation.bind_results("variables", &self.variables);
+        activation.set_deadline(self.deadline);
         activation
     }
 

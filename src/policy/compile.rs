@@ -256,6 +256,10 @@ fn compile_spec(
         let expression = compile_expression(field.clone(), &variable.expression)?;
         check_roots(&field, &expression, &everything)?;
         let mut needs_lookups = expression.roots().iter().any(|r| r == "lookups");
+        if expression.reads_whole("variables") {
+            // `variables[k]` or `size(variables)` may read any earlier one.
+            needs_lookups |= variables.iter().any(|v| v.needs_lookups);
+        }
         for used in expression.members_of("variables") {
             match variables.iter().find(|v| v.name == used) {
                 Some(earlier) => needs_lookups |= earlier.needs_lookups,
@@ -465,6 +469,12 @@ fn compile_lookup(
         let part_field = format!("{field}.{part}");
         let expression = compile_expression(part_field.clone(), text)?;
         check_roots(&part_field, &expression, allowed)?;
+        if expression.reads_whole("variables") {
+            return Err(CompileError {
+                field: part_field,
+                message: "reads variables other than by name; a lookup names each variable it reads, as in variables.claimNames".to_owned(),
+            });
+        }
         for used in expression.members_of("variables") {
             match variables.iter().find(|v| v.name == used) {
                 Some(variable) if !variable.needs_lookups => {}
