@@ -107,3 +107,17 @@ pub trait ObjectSource: Send + Sync + 'static {
     /// A short description for the startup log, such as `files: ctx/`.
     fn describe(&self) -> String;
 }
+
+/// The labels of an object, ignoring values that are not strings.
+pub fn labels_of(object: &Value) -> std::collections::BTreeMap<String, String> {
+    object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}

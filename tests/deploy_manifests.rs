@@ -766,7 +766,10 @@ fn rbac_grants_only_lookup_reads() {
         .iter()
         .map(|r| resource_of(&r.api_version, &r.kind))
         .collect();
-    assert!(!looked_up.is_empty(), "the shipped policies look up objects");
+    assert!(
+        !looked_up.is_empty(),
+        "the shipped policies look up objects"
+    );
     let expected: BTreeSet<(&str, &str, &str)> = ["get", "list", "watch"]
         .into_iter()
         .flat_map(|verb| {

@@ -86,19 +86,22 @@ impl Scope<'_> {
         activation
     }
 
-    fn evaluate(&self, field: &str, expression: &Expression) -> Result<Value, Failure> {
+    fn check_deadline(&self) -> Result<(), Failure> {
         if Instant::now() > self.deadline {
             return Err(Failure::Timeout { limit: self.limit });
         }
+        Ok(())
+    }
+
+    fn evaluate(&self, field: &str, expression: &Expression) -> Result<Value, Failure> {
+        self.check_deadline()?;
         expression
             .evaluate(&self.activation())
             .map_err(|error| expression_failure(field, expression, error))
     }
 
     fn evaluate_bool(&self, field: &str, expression: &Expression) -> Result<bool, Failure> {
-        if Instant::now() > self.deadline {
-            return Err(Failure::Timeout { limit: self.limit });
-        }
+        self.check_deadline()?;
         expression
             .evaluate_bool(&self.activation())
             .map_err(|error| expression_failure(field, expression, error))
@@ -152,7 +155,7 @@ async fn evaluate_inner(
         Ok(value) => value,
         Err(failure) => return Outcome::Failed(failure),
     };
-    let namespace_labels = super::matching::labels(&namespace_object);
+    let namespace_labels = crate::lookup::labels_of(&namespace_object);
     if let Some(reason) = super::matching::mismatch(policy, review, &namespace_labels) {
         note(trace, |t| t.decided_by = reason);
         return Outcome::NotMatched;

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use kube::core::SelectorExt;
-use serde_json::Value;
 
 use crate::admission::Review;
+use crate::lookup::labels_of;
 use crate::policy::{CompiledPolicy, ResourceRule};
 
 /// Returns `None` when the policy applies, else why it does not.
@@ -41,26 +41,12 @@ pub fn mismatch(
         let selected = [&review.object, &review.old_object]
             .into_iter()
             .filter(|object| object.is_object())
-            .any(|object| selector.matches(&labels(object)));
+            .any(|object| selector.matches(&labels_of(object)));
         if !selected {
             return Some("the objectSelector does not select the object".to_owned());
         }
     }
     None
-}
-
-/// The labels of an object, ignoring values that are not strings.
-pub fn labels(object: &Value) -> BTreeMap<String, String> {
-    object
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn listed(values: &[String], value: &str) -> bool {

@@ -149,21 +149,8 @@ impl FileSource {
     }
 }
 
-fn labels_of(object: &Value) -> BTreeMap<String, String> {
-    object
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn selects(selector: Option<&Selector>, object: &Value) -> bool {
-    selector.is_none_or(|selector| selector.matches(&labels_of(object)))
+    selector.is_none_or(|selector| selector.matches(&super::labels_of(object)))
 }
 
 #[async_trait::async_trait]
