@@ -33,7 +33,7 @@ impl fmt::Display for Endpoint {
 }
 
 /// A request body that is not a usable AdmissionReview. The HTTP layer
-/// answers it with `status` and `message` as plain text.
+/// responds with `status` and `message` as plain text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct RequestError {
@@ -141,7 +141,8 @@ impl Review {
         self.header.namespace.as_deref()
     }
 
-    /// The object's name, else its `generateName` followed by `*`, else `-`.
+    /// Returns the object's name, else its `generateName` followed by `*`,
+    /// else `-`.
     pub fn display_name(&self) -> String {
         if !self.header.name.is_empty() {
             return self.header.name.clone();
@@ -211,7 +212,7 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// The answer to one review, before it is encoded.
+/// The decision on one review, before it is encoded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verdict {
     /// `Some(message)` denies with 403 Forbidden.
@@ -222,7 +223,7 @@ pub struct Verdict {
     pub patch: Vec<json_patch::PatchOperation>,
 }
 
-/// Why a review is denied.
+/// The reason and status of a denial.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Denial {
     pub message: String,

@@ -1,5 +1,5 @@
 //! The policy engine: runs the loaded policies on a parsed review and
-//! decides the answer.
+//! decides the response.
 
 mod evaluate;
 mod matching;
@@ -28,7 +28,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
 }
 
-/// The answer to a review, with the per-policy traces when requested.
+/// The decision on a review, with the per-policy traces when requested.
 #[derive(Debug)]
 pub struct Decision {
     pub verdict: Verdict,
@@ -177,8 +177,8 @@ impl Engine {
             )
             .await;
             if let Outcome::Failed(Failure::Lookup { target, error }) = &live {
-                // The cached answer already denies; an API server that
-                // cannot be reached only means it stays unconfirmed.
+                // The cached result already denies. An API server that
+                // cannot be reached only leaves it unconfirmed.
                 tracing::warn!(
                     uid = review.uid(), policy = %policy.name, %target, %error,
                     "could not confirm a cached denial with a live read; denying"
@@ -312,7 +312,8 @@ impl Engine {
     }
 }
 
-/// The deny message when a policy that fails closed could not be evaluated.
+/// Builds the deny message for a policy that fails closed and could not be
+/// evaluated.
 fn failure_message(policy: &CompiledPolicy, review: &Review, failure: &Failure) -> String {
     let subject = format!(
         "{} {}/{}",
@@ -335,9 +336,9 @@ fn failure_message(policy: &CompiledPolicy, review: &Review, failure: &Failure) 
 /// The engine as the HTTP layer calls it.
 ///
 /// Each review runs on Tokio's blocking pool. CEL evaluation is CPU work
-/// that no `.await` interrupts, and the `cel` crate has no cost budget, so
-/// a slow expression must not stall the threads that accept connections
-/// and answer timeouts: the server's request timeout still answers while
+/// that no `.await` interrupts, and the `cel` crate has no cost budget. So
+/// a slow expression must not stall the threads that accept connections and
+/// enforce timeouts. The server's request timeout then still responds while
 /// the evaluation finishes on its own thread.
 pub struct Gate {
     engine: Arc<Engine>,

@@ -16,7 +16,7 @@ use crate::expression::{Activation, EvalError, Expression};
 use crate::lookup::{Freshness, ListRef, LookupError, ObjectRef, ObjectSource, Origin};
 use crate::policy::{CompiledLookup, CompiledPolicy, LookupTarget, Params, ValidationAction};
 
-/// What a policy that applied asks of the response.
+/// The changes a policy that applied makes to the response.
 #[derive(Debug, Clone, Default)]
 pub struct Effects {
     pub denial: Option<Denial>,
@@ -27,7 +27,7 @@ pub struct Effects {
     pub patched: Option<Value>,
 }
 
-/// Why a policy could not be evaluated.
+/// The cause of a policy that could not be evaluated.
 #[derive(Debug, Clone)]
 pub enum Failure {
     /// An expression failed or yielded the wrong type.
@@ -118,7 +118,7 @@ fn expression_failure(field: &str, expression: &Expression, error: EvalError) ->
 /// Evaluates `policy` against `review`, with `object` standing for the
 /// request's object (the patched one, inside a chain of mutations).
 ///
-/// Returns the outcome and whether any lookup was answered from a cache.
+/// Returns the outcome and whether any lookup was served from a cache.
 pub async fn evaluate(
     policy: &CompiledPolicy,
     review: &Review,
@@ -579,8 +579,8 @@ fn apply_effects(
     Ok(effects)
 }
 
-/// The message of a failed validation: its messageExpression, else its
-/// message, else the expression itself.
+/// Builds the message of a failed validation: its messageExpression, else
+/// its message, else the expression itself.
 fn failure_message(
     policy: &CompiledPolicy,
     scope: &Scope<'_>,

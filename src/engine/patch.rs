@@ -40,7 +40,7 @@ pub fn apply(object: &mut Value, result: &Value) -> Result<Vec<PatchOperation>, 
     Ok(applied)
 }
 
-/// The `add` operations that create the missing ancestors of `path`.
+/// Returns the `add` operations that create the missing ancestors of `path`.
 fn missing_parents(object: &Value, path: &jsonptr::Pointer) -> Vec<PatchOperation> {
     let tokens: Vec<String> = path.tokens().map(|t| t.decoded().into_owned()).collect();
     let mut operations = Vec::new();

@@ -1,4 +1,4 @@
-//! What `--explain` prints: how each policy reached its result.
+//! The per-policy traces that `--explain` prints.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -9,7 +9,7 @@ use serde_json::Value;
 pub struct PolicyTrace {
     pub policy: String,
     pub matched: bool,
-    /// Why the policy did not apply, or which step decided its result.
+    /// The reason the policy did not apply, or the step that decided its result.
     pub decided_by: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub match_conditions: Vec<NamedResult>,
