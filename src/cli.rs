@@ -210,7 +210,7 @@ async fn review_one(
             output["mutateTrace"] = serde_json::to_value(&decision.traces)?;
         }
         let response = decision.verdict.clone().into_response(&review);
-        output["mutate"] = serde_json::to_value(response.into_review())?;
+        output["mutate"] = crate::admission::review_json(response);
         if let Some(patched) = decision.patched {
             // The validating webhooks see the object as mutated.
             review.object = patched;
@@ -222,7 +222,7 @@ async fn review_one(
             output["validateTrace"] = serde_json::to_value(&decision.traces)?;
         }
         let response = decision.verdict.into_response(&review);
-        output["validate"] = serde_json::to_value(response.into_review())?;
+        output["validate"] = crate::admission::review_json(response);
     }
     Ok(output)
 }
