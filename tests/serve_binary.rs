@@ -5,12 +5,11 @@
 mod support;
 
 use std::ffi::OsStr;
-use std::path::Path;
 
 use base64::Engine as _;
 use http::StatusCode;
 use serde_json::Value;
-use support::binary::{run, ServeProcess};
+use support::binary::{copy_shipped_policies, run, ServeProcess};
 use support::client::Protocol;
 use support::recorded::{container_env, context_dir, review, review_path, ReviewResponse};
 use support::WAIT_LIMIT;
@@ -23,18 +22,6 @@ fn stdout(output: &std::process::Output) -> String {
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Copies the shipped policy files, without their suites, into `dir`.
-fn copy_shipped_policies(dir: &Path) {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for entry in std::fs::read_dir(shipped).expect("policies folder") {
-        let path = entry.expect("policy entry").path();
-        if path.extension().and_then(OsStr::to_str) == Some("yaml") {
-            let name = path.file_name().expect("file name");
-            std::fs::copy(&path, dir.join(name)).expect("copy policy");
-        }
-    }
 }
 
 #[tokio::test]

@@ -69,6 +69,19 @@ fn read_in_background(
     })
 }
 
+/// Copies the shipped policy files, without their suites, into `dir`, for
+/// a `--policies` folder that a test may change.
+pub fn copy_shipped_policies(dir: &Path) {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(shipped).expect("policies folder") {
+        let path = entry.expect("policy entry").path();
+        if path.extension().and_then(OsStr::to_str) == Some("yaml") {
+            let name = path.file_name().expect("file name");
+            std::fs::copy(&path, dir.join(name)).expect("copy policy");
+        }
+    }
+}
+
 /// Returns a loopback address with a port that was free a moment ago.
 pub fn free_loopback_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
