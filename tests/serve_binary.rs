@@ -61,6 +61,11 @@ async fn serve_denies_pending_claim_and_stops_on_sigterm() {
     let log = server.log();
     let status = status.unwrap_or_else(|| panic!("serve still running after SIGTERM\n{log}"));
     assert!(status.success(), "serve exited with {status}\n{log}");
+    // stderr is a pipe here, as it is for a container runtime.
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log:\n{log}"
+    );
     assert!(
         log.contains("signal=\"SIGTERM\""),
         "no SIGTERM line in the log:\n{log}"

@@ -20,7 +20,7 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_genesis-gate")
 }
 
-/// Runs the binary in the repository root with uncoloured logs. A run that
+/// Runs the binary in the repository root with stdout and stderr piped. A run that
 /// has not exited within `WAIT_LIMIT` is killed and fails the test, so a
 /// command that should fail but starts serving cannot hang the run.
 pub fn run<I, S>(args: I) -> Output
@@ -31,7 +31,7 @@ where
     let mut child = Command::new(binary())
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
+        .env_remove("NO_COLOR")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -113,7 +113,7 @@ impl ServeProcess {
             .arg("--no-cluster")
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("NO_COLOR", "1")
+            .env_remove("NO_COLOR")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
