@@ -271,7 +271,70 @@ impl Verdict {
 /// Encodes a response as an AdmissionReview body.
 pub fn encode(response: AdmissionResponse) -> Vec<u8> {
     // An AdmissionReview of strings, numbers and bytes always serialises.
-    serde_json::to_vec(&response.into_review()).unwrap_or_default()
+    serde_json::to_vec(&review_json(response)).unwrap_or_default()
+}
+
+/// Builds the AdmissionReview JSON of a response, with `patch` in base64.
+///
+/// kube-core 5 stores the patch as `Vec<u8>` without a serde attribute, so
+/// serde writes it as an array of numbers. The API's `patch` is a Go
+/// `[]byte`, which is base64 in JSON, and that is the documented form.
+pub fn review_json(mut response: AdmissionResponse) -> Value {
+    use base64::Engine as _;
+    let patch = response.patch.take();
+    let mut review = serde_json::to_value(response.into_review()).unwrap_or_default();
+    if let Some(patch) = patch {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(patch);
+        review["response"]["patch"] = Value::String(encoded);
+    }
+    review
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_patch_is_base64_of_json_patch() {
+        let body = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "userInfo": {},
+                "object": {"metadata": {"name": "p"}},
+            },
+        });
+        let review = Review::parse(body.to_string().as_bytes()).expect("valid review");
+
+        let operation: json_patch::PatchOperation =
+            serde_json::from_value(serde_json::json!({"op": "add", "path": "/a", "value": 1}))
+                .expect("patch operation");
+        let verdict = Verdict {
+            patch: vec![operation],
+            ..Verdict::default()
+        };
+        let encoded: Value =
+            serde_json::from_slice(&encode(verdict.into_response(&review))).expect("JSON");
+
+        let response = &encoded["response"];
+        assert_eq!(response["uid"], "u-1");
+        assert_eq!(response["patchType"], "JSONPatch");
+
+        use base64::Engine as _;
+        let text = response["patch"].as_str().expect("patch is a string");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("patch is base64");
+        let patch: Value = serde_json::from_slice(&decoded).expect("patch is JSON");
+        assert_eq!(
+            patch,
+            serde_json::json!([{"op": "add", "path": "/a", "value": 1}])
+        );
+    }
 }
 
 #[cfg(test)]

@@ -142,10 +142,15 @@ fn init_tracing(serving: bool) {
     let default = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour codes only for a person at a terminal: a log collector reading
+    // the pod's stderr would store the escape sequences as text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
@@ -211,7 +216,7 @@ async fn review_one(
             output["mutateTrace"] = serde_json::to_value(&decision.traces)?;
         }
         let response = decision.verdict.clone().into_response(&review);
-        output["mutate"] = serde_json::to_value(response.into_review())?;
+        output["mutate"] = crate::admission::review_json(response);
         if let Some(patched) = decision.patched {
             // The validating webhooks see the object as mutated.
             review.object = patched;
@@ -223,7 +228,7 @@ async fn review_one(
             output["validateTrace"] = serde_json::to_value(&decision.traces)?;
         }
         let response = decision.verdict.into_response(&review);
-        output["validate"] = serde_json::to_value(response.into_review())?;
+        output["validate"] = crate::admission::review_json(response);
     }
     Ok(output)
 }

@@ -1,11 +1,15 @@
 //! Helpers for tests that run the HTTPS server: a server on a free loopback
 //! port with a fresh CA ([`server`]), a client that trusts only that CA
-//! ([`client`]), and `Reviewer` test doubles ([`reviewer`]).
+//! ([`client`]), and `Reviewer` test doubles ([`reviewer`]). [`recorded`]
+//! reads the recorded AdmissionReviews and parses the responses, and
+//! [`binary`] runs the built binary.
 //!
 //! Each test binary uses a different part of these helpers.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod client;
+pub mod recorded;
 pub mod reviewer;
 pub mod server;
 
