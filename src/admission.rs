@@ -294,53 +294,6 @@ pub fn review_json(mut response: AdmissionResponse) -> Value {
 mod tests {
     use super::*;
 
-    #[test]
-    fn encoded_patch_is_base64_of_json_patch() {
-        let body = serde_json::json!({
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "request": {
-                "uid": "u-1",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "operation": "CREATE",
-                "userInfo": {},
-                "object": {"metadata": {"name": "p"}},
-            },
-        });
-        let review = Review::parse(body.to_string().as_bytes()).expect("valid review");
-
-        let operation: json_patch::PatchOperation =
-            serde_json::from_value(serde_json::json!({"op": "add", "path": "/a", "value": 1}))
-                .expect("patch operation");
-        let verdict = Verdict {
-            patch: vec![operation],
-            ..Verdict::default()
-        };
-        let encoded: Value =
-            serde_json::from_slice(&encode(verdict.into_response(&review))).expect("JSON");
-
-        let response = &encoded["response"];
-        assert_eq!(response["uid"], "u-1");
-        assert_eq!(response["patchType"], "JSONPatch");
-
-        use base64::Engine as _;
-        let text = response["patch"].as_str().expect("patch is a string");
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .expect("patch is base64");
-        let patch: Value = serde_json::from_slice(&decoded).expect("patch is JSON");
-        assert_eq!(
-            patch,
-            serde_json::json!([{"op": "add", "path": "/a", "value": 1}])
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
     const POD_REVIEW: &str =
         include_str!("../tests/fixtures/admissionreviews/0010-Pod-CREATE.json");
 
@@ -456,5 +409,47 @@ mod tests {
         assert_eq!(body["response"]["allowed"], false);
         assert_eq!(body["response"]["status"]["code"], 403);
         assert_eq!(body["response"]["status"]["reason"], "Forbidden");
+    }
+
+    #[test]
+    fn encoded_patch_is_base64_of_json_patch() {
+        let body = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "userInfo": {},
+                "object": {"metadata": {"name": "p"}},
+            },
+        });
+        let review = Review::parse(body.to_string().as_bytes()).expect("valid review");
+
+        let operation: json_patch::PatchOperation =
+            serde_json::from_value(serde_json::json!({"op": "add", "path": "/a", "value": 1}))
+                .expect("patch operation");
+        let verdict = Verdict {
+            patch: vec![operation],
+            ..Verdict::default()
+        };
+        let encoded: Value =
+            serde_json::from_slice(&encode(verdict.into_response(&review))).expect("JSON");
+
+        let response = &encoded["response"];
+        assert_eq!(response["uid"], "u-1");
+        assert_eq!(response["patchType"], "JSONPatch");
+
+        use base64::Engine as _;
+        let text = response["patch"].as_str().expect("patch is a string");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("patch is base64");
+        let patch: Value = serde_json::from_slice(&decoded).expect("patch is JSON");
+        assert_eq!(
+            patch,
+            serde_json::json!([{"op": "add", "path": "/a", "value": 1}])
+        );
     }
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
-use genesis_gate::engine::Engine;
+use genesis_gate::engine::{Engine, Gate};
 use genesis_gate::lookup::FileSource;
 use genesis_gate::metrics::Metrics;
 use genesis_gate::policy;
@@ -29,7 +29,7 @@ async fn start_engine_server(context: &str) -> TestServer {
     let policies = policy::load_embedded().expect("embedded policies load");
     let source = FileSource::load(&[context_dir(context)]).expect("cluster dump loads");
     let engine = Engine::new(policies, Arc::new(source), Arc::new(Metrics::new()));
-    TestServer::start(Arc::new(engine)).await
+    TestServer::start(Arc::new(Gate::new(Arc::new(engine)))).await
 }
 
 /// What a case expects in the AdmissionReview response.
