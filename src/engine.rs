@@ -26,6 +26,38 @@ pub struct Engine {
     policies: RwLock<Arc<PolicySet>>,
     source: Arc<dyn ObjectSource>,
     metrics: Arc<Metrics>,
+    rejected_bodies: RejectedBodies,
+}
+
+/// Logs rejected request bodies at most once per interval, with the count
+/// of those not logged, so a misbehaving client cannot flood the log.
+#[derive(Default)]
+struct RejectedBodies {
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+const REJECTED_BODY_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl RejectedBodies {
+    fn record(&self, endpoint: Endpoint, error: &RequestError) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, suppressed) = &mut *state;
+        let due = last.is_none_or(|at| at.elapsed() >= REJECTED_BODY_LOG_INTERVAL);
+        if !due {
+            *suppressed += 1;
+            tracing::debug!(endpoint = %endpoint, status = error.status, error = %error.message, "rejected admission request body");
+            return;
+        }
+        tracing::warn!(
+            endpoint = %endpoint,
+            status = error.status,
+            error = %error.message,
+            repeats = *suppressed,
+            "rejected admission request body"
+        );
+        *last = Some(Instant::now());
+        *suppressed = 0;
+    }
 }
 
 /// The decision on a review, with the per-policy traces when requested.
@@ -48,6 +80,7 @@ impl Engine {
             policies: RwLock::new(Arc::new(policies)),
             source,
             metrics,
+            rejected_bodies: RejectedBodies::default(),
         }
     }
 
@@ -62,6 +95,7 @@ impl Engine {
             policies: RwLock::new(policies),
             source,
             metrics,
+            rejected_bodies: RejectedBodies::default(),
         }
     }
 
@@ -261,7 +295,7 @@ impl Engine {
         let review = match Review::parse(body) {
             Ok(review) => review,
             Err(error) => {
-                tracing::warn!(endpoint = %endpoint, status = error.status, error = %error.message, "rejected admission request body");
+                self.rejected_bodies.record(endpoint, &error);
                 return Err(error);
             }
         };
