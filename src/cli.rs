@@ -53,11 +53,14 @@ pub struct ServeArgs {
     pub policies: Option<PathBuf>,
     /// Cluster objects for lookups, as YAML or JSON files or folders; used
     /// when no kubeconfig or in-cluster config is found.
-    #[arg(long)]
+    #[arg(long, env = "GENESIS_GATE_CONTEXT", value_delimiter = ',')]
     pub context: Vec<PathBuf>,
     /// Never read a cluster, even when a kubeconfig is found.
-    #[arg(long)]
+    #[arg(long, env = "GENESIS_GATE_NO_CLUSTER")]
     pub no_cluster: bool,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "GENESIS_GATE_MAX_BODY_BYTES", default_value_t = crate::server::DEFAULT_BODY_LIMIT)]
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -35,6 +35,18 @@ use cel::{Context, IdedExpr, ParseErrors, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+/// The deepest AST an expression may have. The interpreter recurses once per
+/// level, so an expression such as a chain of 1,500 `+` terms overflows the
+/// stack of a worker thread; this limit keeps evaluation far from that.
+pub const MAX_DEPTH: usize = 200;
+
+/// The longest expression source accepted, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 64 * 1024;
+
+/// The stack of the thread that compiles one expression: enough to parse,
+/// and then reject, the deepest expression that fits `MAX_SOURCE_BYTES`.
+const COMPILE_STACK_BYTES: usize = 256 * 1024 * 1024;
+
 /// A compiled CEL expression and its source text.
 pub struct Expression {
     source: String,
@@ -79,10 +91,57 @@ impl Expression {
     /// call of a function that no overload declares, such as a misspelt
     /// `startWith`.
     pub fn compile(source: &str) -> Result<Expression, CompileError> {
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(CompileError {
+                message: format!(
+                    "the expression is {} bytes, more than the limit of {MAX_SOURCE_BYTES}; \
+                     split it into variables",
+                    source.len()
+                ),
+                line: 1,
+                column: 1,
+            });
+        }
+        // The parser recurses once per nesting level, and so does dropping
+        // the parse tree, before the depth check below can reject it. A
+        // thread with a large stack keeps a deep expression an error rather
+        // than a stack overflow; loading is rare, so the thread costs little.
+        let owned = source.to_owned();
+        std::thread::Builder::new()
+            .name("cel-compile".to_owned())
+            .stack_size(COMPILE_STACK_BYTES)
+            .spawn(move || Expression::compile_here(&owned))
+            .map_err(|error| CompileError {
+                message: format!("failed to start the compiler thread: {error}"),
+                line: 1,
+                column: 1,
+            })?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(CompileError {
+                    message: "the CEL compiler panicked on this expression".to_owned(),
+                    line: 1,
+                    column: 1,
+                })
+            })
+    }
+
+    fn compile_here(source: &str) -> Result<Expression, CompileError> {
         let program = env::shared()
             .compile(source)
             .map_err(|errors| syntax_error(&errors))?;
         let analysis = ast::Analysis::of(program.expression());
+        if analysis.depth > MAX_DEPTH {
+            return Err(CompileError {
+                message: format!(
+                    "the expression nests {} levels deep, more than the limit of {MAX_DEPTH}; \
+                     split it into variables",
+                    analysis.depth
+                ),
+                line: 1,
+                column: 1,
+            });
+        }
         if let Some((function, id)) = analysis.unknown_function {
             let call = program
                 .source_info()

@@ -30,6 +30,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         policies,
         context,
         no_cluster,
+        max_body_bytes,
     } = args;
     let metrics = Arc::new(Metrics::new());
     let policy_set = load_policies(policies.as_deref())
@@ -59,6 +60,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cert_file: certificates.cert_file,
         key_file: certificates.key_file,
         client_ca,
+        body_limit: max_body_bytes,
         ..ServerOptions::default()
     };
     let gate = Arc::new(Gate::new(engine));

@@ -183,6 +183,7 @@ async fn run_case(
     };
     let decision = engine.decide(endpoint, &review, explain).await;
     if explain {
+        println!("---- trace of {} ----", case.name);
         for trace in &decision.traces {
             println!(
                 "{}",

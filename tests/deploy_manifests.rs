@@ -1433,6 +1433,22 @@ fn gate_condition_sends_only_pods_with_claims() {
         "pod with only a projected volume"
     );
 
+    let mut ephemeral = projected_only.clone();
+    ephemeral["object"]["spec"]["volumes"]
+        .as_array_mut()
+        .expect("volumes")
+        .push(
+            serde_json::json!({"name": "data", "ephemeral": {"volumeClaimTemplate": {
+                "metadata": {"labels": {"sei.io/fork-genesis": "true"}},
+                "spec": {"accessModes": ["ReadWriteOnce"]}
+            }}}),
+        );
+    assert_eq!(
+        sends(&gate, &ephemeral),
+        Ok(true),
+        "pod with a generic ephemeral volume"
+    );
+
     let mut no_volumes = with_claim.clone();
     no_volumes["object"]["spec"]
         .as_object_mut()

@@ -139,13 +139,16 @@ async fn audit_action_adds_annotation() {
         .iter()
         .map(|(k, _)| k.as_str())
         .collect();
-    assert!(keys.contains(&"test-policy/validation_failure"), "{keys:?}");
-    assert!(keys.contains(&"test-policy/pod"), "{keys:?}");
+    // The API server prefixes each key with the webhook name and a `/`,
+    // so a key must not contain one.
+    assert!(keys.iter().all(|k| !k.contains('/')), "{keys:?}");
+    assert!(keys.contains(&"test-policy.validation_failure"), "{keys:?}");
+    assert!(keys.contains(&"test-policy.pod"), "{keys:?}");
     let pod = decision
         .verdict
         .audit_annotations
         .iter()
-        .find(|(k, _)| k == "test-policy/pod")
+        .find(|(k, _)| k == "test-policy.pod")
         .unwrap();
     assert_eq!(pod.1, "sei-debug");
 }

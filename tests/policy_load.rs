@@ -154,3 +154,51 @@ fn invalid_timeout_rejected() {
     let message = load_error(&text);
     assert!(message.contains("\"soon\" is not a duration"), "{message}");
 }
+
+#[test]
+fn deeply_nested_expression_rejected() {
+    // A left-deep chain nests one level per `+`; evaluating 1,500 of them
+    // overflowed a worker thread's stack.
+    let chain = vec!["1"; 1500].join(" + ");
+    let text = VALID.replace("size(variables.claims) < 10", &format!("{chain} > 0"));
+    let message = load_error(&text);
+    assert!(message.contains("levels deep"), "{message}");
+    assert!(message.contains("split it into variables"), "{message}");
+}
+
+#[test]
+fn moderate_chain_still_loads() {
+    let chain = vec!["1"; 150].join(" + ");
+    let text = VALID.replace("size(variables.claims) < 10", &format!("{chain} > 0"));
+    assert_eq!(load(&text).unwrap(), 1);
+}
+
+#[test]
+fn empty_policy_file_rejected() {
+    let message = load_error("\n# truncated\n");
+    assert!(message.contains("contains no policy"), "{message}");
+}
+
+#[test]
+fn empty_policy_folder_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = genesis_gate::policy::load_dir(dir.path())
+        .expect_err("an empty folder is rejected")
+        .to_string();
+    assert!(message.contains("no policy files"), "{message}");
+}
+
+#[test]
+fn jsonpatch_object_literal_rejected_at_load() {
+    let text = VALID
+        .replace("kind: ValidatingPolicy", "kind: MutatingPolicy")
+        .replace(
+            "  validations:\n    - expression: \"size(variables.claims) < 10\"\n      message: too many volumes\n",
+            "  mutations:\n    - patchType: JSONPatch\n      jsonPatch:\n        expression: '[JSONPatch{op: \"add\", path: \"/a\", value: 1}]'\n",
+        );
+    let message = load_error(&text);
+    assert!(
+        message.contains("write each operation as a map"),
+        "{message}"
+    );
+}

@@ -525,7 +525,7 @@ fn apply_effects(
                 ValidationAction::Deny => {}
                 ValidationAction::Warn => effects.warnings.push(message.clone()),
                 ValidationAction::Audit => effects.audit_annotations.push((
-                    format!("{}/validation_failure", policy.name),
+                    audit_key(&policy.name, "validation_failure"),
                     serde_json::json!([{
                         "message": message,
                         "policy": policy.name,
@@ -543,7 +543,7 @@ fn apply_effects(
             Value::Null => {}
             Value::String(value) => effects
                 .audit_annotations
-                .push((format!("{}/{key}", policy.name), value)),
+                .push((audit_key(&policy.name, key), value)),
             other => {
                 return Err(Failure::Expression {
                     field,
@@ -615,4 +615,25 @@ fn failure_message(
         policy.name,
         validation.expression.source()
     ))
+}
+
+/// Builds an audit annotation key `<policy>.<key>`. The API server prefixes
+/// a webhook's keys with the webhook name and a `/`, and drops a key that
+/// is then not a qualified name, so the key itself has no `/` and at most
+/// 63 characters of `[A-Za-z0-9._-]`.
+fn audit_key(policy: &str, key: &str) -> String {
+    let joined: String = format!("{policy}.{key}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let start = joined.len().saturating_sub(63);
+    joined[start..]
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }

@@ -48,6 +48,9 @@ pub(crate) struct Analysis {
     /// The first call of a function the `Env` does not declare, with the
     /// id of its node.
     pub(crate) unknown_function: Option<(String, u64)>,
+    /// The nesting depth of the AST: a chain `a + b + c` nests one level
+    /// per operator.
+    pub(crate) depth: usize,
 }
 
 impl Analysis {
@@ -56,6 +59,7 @@ impl Analysis {
             functions: FunctionCheck::new(),
             scope: Vec::new(),
             analysis: Analysis::default(),
+            depth: 0,
         };
         walker.walk(expr);
         walker.analysis
@@ -67,10 +71,19 @@ struct Walker<'e> {
     /// The variables of the enclosing comprehensions.
     scope: Vec<&'e str>,
     analysis: Analysis,
+    /// The depth of the node being walked.
+    depth: usize,
 }
 
 impl<'e> Walker<'e> {
     fn walk(&mut self, expr: &'e IdedExpr) {
+        self.depth += 1;
+        self.analysis.depth = self.analysis.depth.max(self.depth);
+        self.walk_node(expr);
+        self.depth -= 1;
+    }
+
+    fn walk_node(&mut self, expr: &'e IdedExpr) {
         match &expr.expr {
             Expr::Ident(_) => {
                 if let Some(root) = self.root(expr) {

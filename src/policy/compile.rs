@@ -180,8 +180,17 @@ pub(crate) fn compile_policy(
 fn compile_expression(field: String, source: &str) -> Result<Expression, CompileError> {
     Expression::compile(source).map_err(|error| CompileError {
         field,
-        message: format!("invalid CEL expression {source:?}: {error}"),
+        message: format!("invalid CEL expression {:?}: {error}", abbreviate(source)),
     })
+}
+
+/// Shortens a long expression for an error message.
+fn abbreviate(source: &str) -> String {
+    const SHOWN: usize = 120;
+    match source.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &source[..end]),
+        None => source.to_owned(),
+    }
 }
 
 /// Identifiers an expression may read, by where it stands.
@@ -345,6 +354,16 @@ fn compile_spec(
             return Err(CompileError {
                 field: format!("{field}.patchType"),
                 message: format!("{:?} is not supported; use JSONPatch", mutation.patch_type),
+            });
+        }
+        let source_text = &mutation.json_patch.expression;
+        if source_text.contains("JSONPatch{") || source_text.contains("JSONPatch {") {
+            return Err(CompileError {
+                field: format!("{field}.jsonPatch.expression"),
+                message: "JSONPatch{...} object literals are not supported; write each operation \
+                          as a map, such as {\"op\": \"add\", \"path\": \"/metadata/labels/a\", \
+                          \"value\": \"b\"}"
+                    .to_owned(),
             });
         }
         let expression = compile_expression(

@@ -123,6 +123,14 @@ pub(crate) fn read_dir_sources(dir: &Path) -> Result<Vec<PolicySource>, LoadErro
         }
     }
     files.sort();
+    if files.is_empty() {
+        return Err(LoadError::Folder {
+            path: dir.display().to_string(),
+            message: "it contains no policy files (*.yaml, *.yml, *.json); an empty set would \
+                      enforce nothing"
+                .to_owned(),
+        });
+    }
     files
         .into_iter()
         .map(|path| {
@@ -189,6 +197,15 @@ fn parse_documents(source: &PolicySource) -> Result<Vec<PolicyDocument>, LoadErr
             message: error.to_string(),
         })?;
         documents.push(policy);
+    }
+    if documents.is_empty() {
+        // Often a file caught half-written; loading it as "no policy"
+        // would silently drop what it held.
+        return Err(LoadError::Parse {
+            file: source.file.clone(),
+            document: 1,
+            message: "the file contains no policy; delete it to remove its policies".to_owned(),
+        });
     }
     Ok(documents)
 }

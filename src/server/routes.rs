@@ -163,8 +163,8 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "request body is larger than the limit of {limit} bytes; raise the server's \
-                 body limit if the API server sends objects this large"
+                "request body is larger than the limit of {limit} bytes; an AdmissionReview \
+                 of two 3 MiB objects fits the default, and serve --max-body-bytes raises it"
             ),
         )
     };
