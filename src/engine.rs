@@ -116,6 +116,11 @@ impl Engine {
         &self.source
     }
 
+    /// `Ok` once the lookup source can answer; otherwise the reason.
+    pub fn ready(&self) -> Result<(), String> {
+        self.source.ready()
+    }
+
     /// Decides `review` as the webhook at `endpoint` would.
     pub async fn decide(&self, endpoint: Endpoint, review: &Review, explain: bool) -> Decision {
         let policies = self.policies();
@@ -407,6 +412,105 @@ impl crate::server::Reviewer for Gate {
     }
 
     fn ready(&self) -> Result<(), String> {
-        self.engine.source.ready()
+        self.engine.ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::lookup::{Fetched, FileSource, ListRef, LookupError, ObjectRef};
+
+    /// Serves the recorded objects, but rejects a get of an empty name as
+    /// the kube client does, without sending it.
+    struct RejectsEmptyNames(FileSource);
+
+    #[async_trait::async_trait]
+    impl ObjectSource for RejectsEmptyNames {
+        async fn get(
+            &self,
+            target: &ObjectRef,
+            freshness: Freshness,
+        ) -> Result<Fetched<Option<Arc<Value>>>, LookupError> {
+            if target.name.is_empty() {
+                return Err(LookupError::Unreachable(
+                    "failed to validate request: A non-empty name is required".to_owned(),
+                ));
+            }
+            self.0.get(target, freshness).await
+        }
+
+        async fn list(
+            &self,
+            target: &ListRef,
+            freshness: Freshness,
+        ) -> Result<Fetched<Vec<Arc<Value>>>, LookupError> {
+            self.0.list(target, freshness).await
+        }
+
+        fn ready(&self) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "recorded objects".to_owned()
+        }
+    }
+
+    fn engine_on(state: &str) -> Engine {
+        let context = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/context")
+            .join(state);
+        let files = FileSource::load(&[context]).expect("recorded context loads");
+        let policies = crate::policy::load_embedded().expect("shipped policies load");
+        Engine::new(
+            policies,
+            Arc::new(RejectsEmptyNames(files)),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    const STATEFULSET_POD: &str =
+        include_str!("../tests/fixtures/admissionreviews/0010-Pod-CREATE.json");
+
+    #[tokio::test]
+    async fn empty_lookup_name_reads_nothing() {
+        // The StatefulSet pod has no Job owner, so the claim gate's ownerJob
+        // lookup names "".
+        let review = Review::parse(STATEFULSET_POD.as_bytes()).unwrap();
+        let decision = engine_on("annotated")
+            .decide(Endpoint::Validate, &review, true)
+            .await;
+        assert!(decision.verdict.allowed(), "{:?}", decision.verdict.denial);
+        let claim_gate = decision
+            .traces
+            .iter()
+            .find(|t| t.policy == "fork-genesis-claim-gate")
+            .expect("claim gate trace");
+        let owner_job = claim_gate
+            .lookups
+            .iter()
+            .find(|l| l.name == "ownerJob")
+            .expect("ownerJob lookup trace");
+        assert_eq!(owner_job.origin, "none");
+        assert_eq!(owner_job.found, 0);
+    }
+
+    #[tokio::test]
+    async fn empty_lookup_name_keeps_claim_gate_message() {
+        let review = Review::parse(STATEFULSET_POD.as_bytes()).unwrap();
+        let decision = engine_on("created")
+            .decide(Endpoint::Validate, &review, false)
+            .await;
+        let denial = decision.verdict.denial.expect("pending claim denies");
+        assert!(
+            denial
+                .message
+                .contains("may not mount claim data-pacific-fork-0 yet"),
+            "{}",
+            denial.message
+        );
     }
 }

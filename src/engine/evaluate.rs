@@ -347,7 +347,14 @@ async fn resolve_lookups(
             t.lookups.push(LookupTrace {
                 name: lookup.name.clone(),
                 target: described,
-                origin: if from_cache { "cache" } else { "live" }.to_owned(),
+                origin: if from_cache {
+                    "cache"
+                } else if origins.is_empty() {
+                    "none"
+                } else {
+                    "live"
+                }
+                .to_owned(),
                 found,
             });
         });
@@ -367,6 +374,12 @@ fn string_result(field: &str, value: Value) -> Result<String, Failure> {
     }
 }
 
+/// Reads the objects one lookup names or selects.
+///
+/// An empty name reads nothing and binds null, or leaves the name out of a
+/// `namesExpression` map. No object has an empty name, so policies use `""`
+/// for "nothing to look up", and the kube client rejects a GET of an empty
+/// name before sending it.
 async fn resolve_lookup(
     lookup: &CompiledLookup,
     scope: &Scope<'_>,
@@ -414,6 +427,9 @@ async fn resolve_lookup(
         LookupTarget::Name(expression) => {
             let name = string_result(&field, scope.evaluate(&field, expression)?)?;
             let described = qualified(&name);
+            if name.is_empty() {
+                return Ok((Value::Null, described, Vec::new()));
+            }
             let fetched = get(name).await?;
             let value = fetched.value.map(|v| (*v).clone()).unwrap_or(Value::Null);
             Ok((value, described, vec![fetched.origin]))
@@ -441,7 +457,7 @@ async fn resolve_lookup(
             let mut found = Map::new();
             let mut origins = Vec::new();
             for name in names {
-                if found.contains_key(&name) {
+                if name.is_empty() || found.contains_key(&name) {
                     continue;
                 }
                 let fetched = get(name.clone()).await?;

@@ -56,7 +56,7 @@ pub struct LookupTrace {
     pub name: String,
     /// What was read, such as `PersistentVolumeClaim sei/data-a`.
     pub target: String,
-    /// `cache`, `live` or the error.
+    /// `cache`, `live`, or `none` when the lookup named no object to read.
     pub origin: String,
     pub found: usize,
 }
