@@ -80,6 +80,10 @@ pub enum LookupError {
     UnknownKind { api_version: String, kind: String },
     #[error("the Kubernetes API server sent a response that could not be decoded: {0}")]
     InvalidResponse(String),
+    /// The lookup could not be turned into an API request, such as a GET
+    /// without a name; nothing was sent.
+    #[error("the lookup is not a valid API request: {0}")]
+    InvalidRequest(String),
     #[error("kind {kind} is namespaced, so the lookup of {name:?} needs a namespace")]
     MissingNamespace { kind: String, name: String },
 }

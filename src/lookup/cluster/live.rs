@@ -23,6 +23,7 @@ pub fn map_kube_error(error: &kube::Error) -> LookupError {
             code: status.code,
             message: status.message.clone(),
         },
+        kube::Error::BuildRequest(_) => LookupError::InvalidRequest(error_chain(error)),
         kube::Error::SerdeError(_)
         | kube::Error::FromUtf8(_)
         | kube::Error::LinesCodecMaxLineLengthExceeded => {
@@ -126,6 +127,22 @@ mod tests {
     use kube::core::Status;
 
     use super::*;
+
+    #[test]
+    fn unbuildable_request_is_not_unreachable() {
+        // kube-core refuses a GET with an empty name before sending it; the
+        // message must not blame the network.
+        let refused = kube::core::request::Error::Validation("A non-empty name is required".into());
+        let mapped = map_kube_error(&kube::Error::BuildRequest(refused));
+        assert!(
+            matches!(mapped, LookupError::InvalidRequest(_)),
+            "{mapped:?}"
+        );
+        assert!(
+            !mapped.to_string().contains("could not be reached"),
+            "{mapped}"
+        );
+    }
 
     #[test]
     fn api_status_keeps_its_code() {
