@@ -264,17 +264,29 @@ fn syntax_error(errors: &ParseErrors) -> CompileError {
             column: 1,
         };
     };
-    let mut message = first.msg.clone();
-    for other in &errors.errors[1..] {
-        let (line, column) = other.pos;
-        message.push_str(&format!("; line {line}, column {column}: {}", other.msg));
-    }
+    // Later errors follow from the first one and mostly repeat it in
+    // parser terms, so only the first is reported.
+    let message = plain_parse_message(&first.msg);
     let line = usize::try_from(first.pos.0).unwrap_or(1).max(1);
     let column = usize::try_from(first.pos.1).unwrap_or(1).max(1);
     CompileError {
         message,
         line,
         column,
+    }
+}
+
+/// Returns the message inside a parser error that cel 0.15 formats with
+/// `Debug`, such as `OtherError(ParseError { .., msg: "Recursion limit of 96
+/// exceeded", .. })`; other messages are returned unchanged.
+fn plain_parse_message(message: &str) -> String {
+    let Some(start) = message.find("msg: \"") else {
+        return message.to_owned();
+    };
+    let inner = &message[start + 6..];
+    match inner.find('"') {
+        Some(end) => format!("Syntax error: {}", &inner[..end]),
+        None => message.to_owned(),
     }
 }
 
