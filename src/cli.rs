@@ -132,7 +132,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A review abandoned at its timeout may still be evaluating on the
+    // blocking pool; exit without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
