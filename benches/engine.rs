@@ -2,12 +2,20 @@
 //! CEL, patch, encode) with the embedded policies and lookups served from
 //! `tests/fixtures/context`, plus `Review::parse` alone as the baseline.
 //!
+//! Each benchmark runs twice: groups `review_body` and `parse` measure
+//! wall-clock time, and groups `review_body_cpu` and `parse_cpu` measure
+//! the CPU time of the benchmark thread. On a machine shared with other
+//! work, waiting for a core inflates wall-clock time but not CPU time.
+//!
 //! Run with `cargo bench --bench engine`; BENCHMARKS.md has the figures.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use cpu_time::ThreadTime;
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use genesis_gate::admission::{Endpoint, Review};
 use genesis_gate::engine::Engine;
@@ -95,13 +103,48 @@ fn classify(response: &[u8]) -> Expected {
     Expected::Allow
 }
 
-fn review_body(c: &mut Criterion) {
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`). The
+/// engine runs on a current-thread runtime, so all its work is on this
+/// thread.
+struct ThreadCpuTime;
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = ThreadTime;
+    type Value = Duration;
+
+    fn start(&self) -> ThreadTime {
+        ThreadTime::now()
+    }
+
+    fn end(&self, started: ThreadTime) -> Duration {
+        started.elapsed()
+    }
+
+    fn add(&self, v1: &Duration, v2: &Duration) -> Duration {
+        *v1 + *v2
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        // Both clocks report nanoseconds, so the wall-clock units fit.
+        WallTime.formatter()
+    }
+}
+
+fn review_body<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
     // A current-thread runtime: the engine does no I/O with file lookups,
     // so `block_on` adds only the cost of polling the future once.
     let runtime = Builder::new_current_thread()
         .build()
         .expect("tokio runtime");
-    let mut group = c.benchmark_group("review_body");
+    let mut group = c.benchmark_group(group_name);
     group.throughput(Throughput::Elements(1));
     for case in CASES {
         let engine = engine_with_context(case.context);
@@ -121,9 +164,9 @@ fn review_body(c: &mut Criterion) {
     group.finish();
 }
 
-fn parse_only(c: &mut Criterion) {
+fn parse_only<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
     let body = read_review("0010-Pod-CREATE.json");
-    let mut group = c.benchmark_group("parse");
+    let mut group = c.benchmark_group(group_name);
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("pod_review_0010", |b| {
         b.iter(|| Review::parse(black_box(&body)).expect("the recorded review is valid"))
@@ -131,5 +174,20 @@ fn parse_only(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, review_body, parse_only);
-criterion_main!(benches);
+fn wall_clock(c: &mut Criterion) {
+    review_body(c, "review_body");
+    parse_only(c, "parse");
+}
+
+fn thread_cpu(c: &mut Criterion<ThreadCpuTime>) {
+    review_body(c, "review_body_cpu");
+    parse_only(c, "parse_cpu");
+}
+
+criterion_group!(wall, wall_clock);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(ThreadCpuTime);
+    targets = thread_cpu
+}
+criterion_main!(wall, cpu);
