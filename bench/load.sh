@@ -13,7 +13,7 @@
 # It prints one table: rate, p50, p99, p99.9, requests per second, and the
 # server's CPU time per request (from /proc, user + system).
 #
-# Usage: bench/load.sh    (from anywhere; about 5 minutes of load)
+# Usage: bench/load.sh    (from anywhere; about 4 minutes of load)
 # Settings, as environment variables: RATE (1000), RATE_DURATION (20s),
 # MAX_DURATION (15s), RESULTS_DIR (a new temporary folder; oha's JSON
 # output and the server logs are kept there).
