@@ -24,7 +24,9 @@ pub struct Activation<'a> {
 
 /// The bound values, which cel consults on every lookup of a variable.
 pub(super) struct Bindings<'a> {
-    values: BTreeMap<String, Bound<'a>>,
+    /// Keyed by borrowed names: an activation is built for every
+    /// expression a policy evaluates, and owned keys cost an allocation each.
+    values: BTreeMap<&'a str, Bound<'a>>,
     deadline: Option<Deadline>,
     lookups: AtomicU32,
     expired: AtomicBool,
@@ -57,9 +59,9 @@ impl<'a> Activation<'a> {
     /// an array a `list`, and a string a `string` borrowing its bytes. An
     /// integer that fits an `i64` is an `int`, any other number a `double`,
     /// and `null` is `null`. Binding a name again replaces it.
-    pub fn bind_json(&mut self, name: &str, value: &'a serde_json::Value) {
+    pub fn bind_json(&mut self, name: &'a str, value: &'a serde_json::Value) {
         let bound = Bound::Json(JsonVal::new(value));
-        self.bindings.values.insert(name.to_owned(), bound);
+        self.bindings.values.insert(name, bound);
     }
 
     /// Binds `name` to a map whose entries are either values or the error
@@ -67,11 +69,11 @@ impl<'a> Activation<'a> {
     /// as `name.key: message`. Binding a name again replaces it.
     pub fn bind_results(
         &mut self,
-        name: &str,
+        name: &'a str,
         entries: &'a BTreeMap<String, Result<serde_json::Value, EvalError>>,
     ) {
         let bound = Bound::Results(ResultsView::new(name, entries));
-        self.bindings.values.insert(name.to_owned(), bound);
+        self.bindings.values.insert(name, bound);
     }
 
     /// Sets the instant after which evaluations fail with "evaluation
