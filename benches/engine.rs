@@ -9,6 +9,10 @@
 //!
 //! Run with `cargo bench --bench engine`; BENCHMARKS.md has the figures.
 
+/// The allocator the `genesis-gate` binary uses, so that the figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
