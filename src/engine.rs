@@ -117,7 +117,7 @@ impl Engine {
         &self.source
     }
 
-    /// `Ok` once the lookup source can answer; otherwise the reason.
+    /// Returns `Ok` once the lookup source can serve lookups, else the reason.
     pub fn ready(&self) -> Result<(), String> {
         self.source.ready()
     }
@@ -404,7 +404,7 @@ impl crate::server::Reviewer for Gate {
         match task.await {
             Ok(result) => result.map(Bytes::from),
             Err(error) => {
-                // A panic in evaluation is a bug; answer 500 so the API
+                // A panic in evaluation is a bug; respond 500 so the API
                 // server applies the webhook's failurePolicy.
                 tracing::error!(%error, endpoint = %endpoint, "review task failed");
                 Err(RequestError {

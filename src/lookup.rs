@@ -35,16 +35,16 @@ pub struct ListRef {
     pub label_selector: Option<kube::core::Selector>,
 }
 
-/// Whether an answer may come from a cache.
+/// Whether a result may come from a cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
-    /// A cache may answer; a cache miss is read live.
+    /// A cache may serve the result; a cache miss is read live.
     Cached,
     /// Read the source of truth now.
     Live,
 }
 
-/// Where an answer came from.
+/// The place a result came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Cache,
@@ -112,7 +112,7 @@ pub trait ObjectSource: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// The labels of an object, ignoring values that are not strings.
+/// Returns the labels of an object, ignoring values that are not strings.
 pub fn labels_of(object: &Value) -> std::collections::BTreeMap<String, String> {
     object
         .pointer("/metadata/labels")

@@ -1,6 +1,6 @@
 //! Policy test suites: recorded AdmissionReviews replayed against the
 //! policies, with the cluster objects their lookups see and the expected
-//! answer. `genesis-gate test` runs them and reads like `cargo test`.
+//! response. `genesis-gate test` runs them and reads like `cargo test`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::admission::{Endpoint, Review};
-use crate::engine::Engine;
+use crate::engine::{Decision, Engine};
 use crate::lookup::FileSource;
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
@@ -191,9 +191,14 @@ async fn run_case(
             );
         }
     }
+    Ok(compare(&case.expect, &decision, &review))
+}
+
+/// Compares a decision with a case's expectations; returns one line per
+/// difference, empty when the case passed.
+fn compare(expect: &Expect, decision: &Decision, review: &Review) -> Vec<String> {
     let mut failures = Vec::new();
     let verdict = &decision.verdict;
-    let expect = &case.expect;
     if verdict.allowed() != expect.allowed {
         failures.push(format!(
             "expected allowed: {}, got allowed: {}{}",
@@ -274,10 +279,10 @@ async fn run_case(
             }
         }
     }
-    Ok(failures)
+    failures
 }
 
-/// The JSON Patch from `actual` to `expected`, one operation per line.
+/// Formats the JSON Patch from `actual` to `expected`, one operation per line.
 fn diff(expected: &Value, actual: &Value) -> String {
     json_patch::diff(actual, expected)
         .0

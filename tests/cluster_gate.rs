@@ -397,13 +397,13 @@ async fn claim_missing_from_cache_read_live() {
     let gate = Gate::start_synced(&server).await;
     let new_claim_path = "/api/v1/namespaces/sei/persistentvolumeclaims/data-pacific-fork-2";
 
-    // A claim that exists, bootstrap-complete, but whose ADDED event the
-    // watch has not delivered yet.
-    server.hold_watch_events();
+    // A claim that exists, bootstrap-complete, but that no watch has been
+    // told about, so the cache cannot have it. (Holding its ADDED event
+    // raced with the watch and let the event through now and then.)
     let mut claim = bootstrap_complete_claim();
     claim["metadata"]["name"] = json!("data-pacific-fork-2");
     claim["metadata"]["labels"]["sei.io/node"] = json!("pacific-fork-2");
-    server.push_event("ADDED", claim);
+    server.replace_silently(claim);
     let pod = with_claim(&recorded_review(STATEFULSET_POD), "data-pacific-fork-2");
 
     let admitted = gate.validate(&pod).await;

@@ -45,7 +45,7 @@ pub struct CompiledPolicy {
     pub reads_namespace_object: bool,
 }
 
-/// Where a policy's `params` come from.
+/// The source of a policy's `params`.
 #[derive(Debug, Clone)]
 pub enum Params {
     None,
