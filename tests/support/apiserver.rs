@@ -547,7 +547,7 @@ impl State {
         }
     }
 
-    fn send_or_hold(&mut self, id: u64, sender: &WatchSender, line: Bytes) {
+    pub(super) fn send_or_hold(&mut self, id: u64, sender: &WatchSender, line: Bytes) {
         if self.hold_events {
             self.held_lines.push((id, line));
         } else {

@@ -471,28 +471,31 @@ fn start_watch(
 }
 
 /// Sends what a watch from `from` has missed: every current object as
-/// ADDED for version "0", else the logged events after `from`.
-fn replay(state: &State, watch: &OpenWatch, requested: &str, from: u64) {
-    let send = |event: Value| {
-        let _ = watch
-            .sender
-            .unbounded_send(Ok(Frame::data(event_line(&event))));
-    };
+/// ADDED for version "0", else the logged events after `from`. Logged
+/// events are held like new ones while the test holds events, so a watch
+/// that restarts cannot receive them early.
+fn replay(state: &mut State, watch: &OpenWatch, requested: &str, from: u64) {
     if requested == "0" {
         for ((index, _, _), object) in &state.objects {
             if *index == watch.kind_index && watch.selects(object) {
-                send(json!({"type": "ADDED", "object": object}));
+                let line = event_line(&json!({"type": "ADDED", "object": object}));
+                let _ = watch.sender.unbounded_send(Ok(Frame::data(line)));
             }
         }
         return;
     }
-    for event in &state.log {
-        if event.kind_index == watch.kind_index
-            && event.resource_version > from
-            && watch.selects(&event.object)
-        {
-            send(json!({"type": event.event_type, "object": event.object}));
-        }
+    let missed: Vec<Bytes> = state
+        .log
+        .iter()
+        .filter(|event| {
+            event.kind_index == watch.kind_index
+                && event.resource_version > from
+                && watch.selects(&event.object)
+        })
+        .map(|event| event_line(&json!({"type": event.event_type, "object": event.object})))
+        .collect();
+    for line in missed {
+        state.send_or_hold(watch.id, &watch.sender, line);
     }
 }
 
