@@ -83,7 +83,7 @@ struct ReviewArgs {
     /// Folder of policy files; default: the embedded policies.
     #[arg(long)]
     policies: Option<PathBuf>,
-    /// Which webhook to act as.
+    /// The webhook to act as.
     #[arg(long, value_enum, default_value = "both")]
     endpoint: EndpointArg,
     /// Print, per policy, whether it matched, what decided, and each

@@ -143,19 +143,20 @@ impl Engine {
         // never patched, and copying the object took about a tenth of the
         // instructions of a pod review (BENCHMARKS.md).
         let mut object = Cow::Borrowed(&review.object);
-        let mut changed_by: Vec<usize> = Vec::new();
+        // The index of the last policy that patched the object.
+        let mut last_change: Option<usize> = None;
         for (index, policy) in selected.iter().enumerate() {
             if self
                 .run_policy(policy, review, &mut object, explain, &mut decision)
                 .await
             {
-                changed_by.push(index);
+                last_change = Some(index);
             }
         }
+
         // Policies that asked for reinvocation see the changes that policies
         // after them made, once, as MutatingAdmissionPolicy does.
-        if !changed_by.is_empty() && decision.verdict.denial.is_none() {
-            let last_change = *changed_by.last().unwrap_or(&0);
+        if let Some(last_change) = last_change.filter(|_| decision.verdict.denial.is_none()) {
             for policy in selected
                 .iter()
                 .take(last_change)
@@ -165,6 +166,7 @@ impl Engine {
                     .await;
             }
         }
+
         if !decision.verdict.patch.is_empty() {
             decision.patched = Some(object.into_owned());
         }

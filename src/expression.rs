@@ -40,7 +40,7 @@ use std::fmt;
 /// stack of a worker thread; this limit keeps evaluation far from that.
 pub const MAX_DEPTH: usize = 200;
 
-/// The longest expression source accepted, in bytes.
+/// The maximum length of an expression's source, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 64 * 1024;
 
 /// The stack of the thread that compiles one expression: enough to parse,

@@ -51,7 +51,7 @@ pub enum Origin {
     Live,
 }
 
-/// An answer and where it came from.
+/// A lookup result and where it came from.
 #[derive(Debug, Clone)]
 pub struct Fetched<T> {
     pub value: T,
@@ -105,10 +105,10 @@ pub trait ObjectSource: Send + Sync + 'static {
         freshness: Freshness,
     ) -> Result<Fetched<Vec<Arc<Value>>>, LookupError>;
 
-    /// `Ok` once the source can answer; otherwise the reason.
+    /// Returns `Ok` once the source can serve lookups, else the reason.
     fn ready(&self) -> Result<(), String>;
 
-    /// A short description for the startup log, such as `files: ctx/`.
+    /// Returns a short description for the startup log, such as `files: ctx/`.
     fn describe(&self) -> String;
 }
 

@@ -71,7 +71,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     result.map_err(Into::into)
 }
 
-/// The cluster's watch cache when a kubeconfig or in-cluster config is
+/// Returns the cluster's watch cache when a kubeconfig or in-cluster config is
 /// found, else the `--context` files.
 async fn lookup_source(
     context: &[PathBuf],
@@ -132,7 +132,7 @@ async fn shutdown_signal() {
     }
 }
 
-/// A fingerprint of the policy files: names, sizes and contents.
+/// Hashes the policy files' names and contents, to notice a change.
 fn fingerprint(dir: &Path) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -150,7 +150,7 @@ fn fingerprint(dir: &Path) -> Option<u64> {
 }
 
 /// Reloads the policy folder when its files change. An invalid set is
-/// rejected and logged; the last good set keeps answering.
+/// rejected and logged; the last good set stays active.
 ///
 /// The folder is polled rather than watched for events: a ConfigMap volume
 /// changes by a symlink swap that some event backends miss, and reading a

@@ -54,7 +54,7 @@ impl NamedResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct LookupTrace {
     pub name: String,
-    /// What was read, such as `PersistentVolumeClaim sei/data-a`.
+    /// The object or list read, such as `PersistentVolumeClaim sei/data-a`.
     pub target: String,
     /// `cache`, `live`, or `none` when the lookup named no object to read.
     pub origin: String,

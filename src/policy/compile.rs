@@ -129,7 +129,7 @@ impl PolicySet {
         self.policies.is_empty()
     }
 
-    /// The kinds the policies look up, for a cluster source to watch. A
+    /// Returns the kinds the policies look up, for a cluster source to watch. A
     /// kind is narrowed by a label selector only when every lookup of it
     /// declares the same one.
     pub fn watch_requirements(&self) -> Vec<WatchRequirement> {
@@ -193,7 +193,7 @@ fn abbreviate(source: &str) -> String {
     }
 }
 
-/// Identifiers an expression may read, by where it stands.
+/// The identifiers an expression outside `lookups` and `variables` may read.
 const REQUEST_ROOTS: &[&str] = &[
     "object",
     "oldObject",
